@@ -1,0 +1,220 @@
+"""Classification heads: the class-conditional Gaussian layer of ICE and a linear head.
+
+The Gaussian layer replaces the final linear layer f(z) = Wz + b (Eq. 0.1) by the
+negative squared Mahalanobis distance to trainable class means (Eq. 0.11):
+
+    h_i(z) = -(z - m_i)^T (L L^T)^{-1} (z - m_i),
+
+with one lower-triangular L (positive diagonal) shared by all classes, i.e. a
+tied-covariance Gaussian, as in Gaussian discriminant analysis and Mahalanobis.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# softplus(x) + _DIAG_SHIFT is the diagonal of L; the shift keeps L invertible.
+_DIAG_SHIFT = 1e-5
+
+
+def _inverse_softplus(y):
+    """x with softplus(x) = y, for y > 0 (numerically stable for large y)."""
+    y = np.asarray(y, dtype=np.float64)
+    return y + np.log(-np.expm1(-y))
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class GaussianLayer(keras.layers.Layer):
+    """Class-conditional Gaussian head, h_i(z) of Eq. (0.11).
+
+    Weights:
+      means:      (K, d) class means m_i.
+      scale_raw:  (d, d) free matrix; its strictly-lower part is the strictly-lower
+                  part of L.
+      diag_raw:   (d,) with diag(L) = softplus(diag_raw) + 1e-5 > 0.
+
+    h is computed without forming an inverse, with two triangular solves:
+    A = L^{-1} Z^T and C = L^{-1} M^T, then h = -(|a|^2 - 2 a.c + |c|^2), clamped
+    to <= 0 (it is a negated quadratic form; the clamp removes rounding above 0).
+    Cost O((B + K) d^2 + B K d) instead of the O(B K d^2) of solving every
+    difference z - m_i.
+
+    The layer always computes in float32: TensorFlow has no float16/bfloat16
+    kernel for `MatrixTriangularSolve`, and the squared distances overflow
+    float16. Under a `mixed_float16` policy it casts its input and returns float32.
+
+    Example:
+      head = GaussianLayer(10)
+      h = head(features)                 # (batch, 10), h <= 0
+      confidence = ops.exp(ops.max(h, axis=-1))   # in (0, 1]
+
+    Args:
+      num_classes: K.
+      means_initializer: initializer of the means (default: normal, std 1).
+      **kwargs: passed to `keras.layers.Layer`; `dtype` defaults to "float32".
+    """
+
+    def __init__(self, num_classes, means_initializer="random_normal", **kwargs):
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+        self.num_classes = int(num_classes)
+        self.means_initializer = keras.initializers.get(means_initializer)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError("GaussianLayer needs a known feature size (last input dimension).")
+        self.feature_dim = int(dim)
+        self.means = self.add_weight(
+            name="means",
+            shape=(self.num_classes, self.feature_dim),
+            initializer=self.means_initializer,
+            dtype="float32",
+        )
+        # L = I at initialisation.
+        self.scale_raw = self.add_weight(
+            name="scale_raw",
+            shape=(self.feature_dim, self.feature_dim),
+            initializer="zeros",
+            dtype="float32",
+        )
+        self.diag_raw = self.add_weight(
+            name="diag_raw",
+            shape=(self.feature_dim,),
+            initializer=keras.initializers.Constant(float(_inverse_softplus(1.0 - _DIAG_SHIFT))),
+            dtype="float32",
+        )
+        self.input_spec = keras.layers.InputSpec(axes={-1: self.feature_dim})
+
+    @property
+    def scale_tril(self):
+        """L (d, d): lower triangular with a positive diagonal."""
+        raw = tf.convert_to_tensor(self.scale_raw)
+        strictly_lower = tf.linalg.band_part(raw, -1, 0) - tf.linalg.band_part(raw, 0, 0)
+        diagonal = tf.nn.softplus(tf.convert_to_tensor(self.diag_raw)) + _DIAG_SHIFT
+        return strictly_lower + tf.linalg.diag(diagonal)
+
+    def call(self, inputs):
+        z = tf.cast(inputs, tf.float32)
+        scale = self.scale_tril
+        means = tf.convert_to_tensor(self.means)
+        # (d, B) and (d, K): whitened features and means.
+        a = tf.linalg.triangular_solve(scale, tf.transpose(z), lower=True)
+        c = tf.linalg.triangular_solve(scale, tf.transpose(means), lower=True)
+        a_sq = tf.reduce_sum(tf.square(a), axis=0)[:, None]
+        c_sq = tf.reduce_sum(tf.square(c), axis=0)[None, :]
+        squared_distance = a_sq - 2.0 * tf.matmul(a, c, transpose_a=True) + c_sq
+        return -tf.nn.relu(squared_distance)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_classes,)
+
+    def initialize_from_features(self, features, labels):
+        """Sets means and L to the Gaussian discriminant analysis estimate.
+
+        m_i is the mean of the features of class i and L the Cholesky factor of the
+        tied (pooled within-class) covariance, the same statistics as the
+        Mahalanobis detector. Used when a pretrained linear head is replaced by
+        this layer (the fine-tune schedule).
+
+        Args:
+          features: (n, d) array of penultimate features.
+          labels: (n,) integer labels in [0, K); every class must occur.
+
+        Returns:
+          self.
+        """
+        features = np.asarray(features, dtype=np.float64)
+        labels = np.asarray(labels).reshape(-1)
+        if features.ndim != 2:
+            raise ValueError(f"features must have shape (n, d), got {features.shape}.")
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"features and labels differ in length: {features.shape[0]} vs {labels.shape[0]}."
+            )
+        if not np.all(np.isfinite(features)):
+            raise ValueError("features contain NaN or inf values.")
+        if not self.built:
+            self.build((None, features.shape[1]))
+        elif features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"features have {features.shape[1]} dimensions but this GaussianLayer was built "
+                f"for {self.feature_dim}."
+            )
+        labels = _validate_labels(labels, self.num_classes)
+        counts = np.bincount(labels, minlength=self.num_classes)
+        if np.any(counts == 0):
+            missing = np.flatnonzero(counts == 0).tolist()
+            raise ValueError(f"every class needs at least one sample; missing classes: {missing}.")
+        means = np.stack([features[labels == k].mean(axis=0) for k in range(self.num_classes)])
+        centred = features - means[labels]
+        covariance = centred.T @ centred / features.shape[0]
+        # A small ridge keeps the factor well defined when d > n or features are degenerate.
+        ridge = 1e-6 * max(float(np.trace(covariance)) / self.feature_dim, 1e-12)
+        scale = np.linalg.cholesky(covariance + ridge * np.eye(self.feature_dim))
+        diagonal = np.maximum(np.diag(scale), 2 * _DIAG_SHIFT) - _DIAG_SHIFT
+        self.means.assign(means.astype(np.float32))
+        self.scale_raw.assign(np.tril(scale, -1).astype(np.float32))
+        self.diag_raw.assign(_inverse_softplus(diagonal).astype(np.float32))
+        return self
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            means_initializer=keras.initializers.serialize(self.means_initializer),
+        )
+        return config
+
+
+def _validate_labels(labels, num_classes):
+    labels = np.asarray(labels)
+    if labels.size and not np.all(np.equal(np.mod(labels, 1), 0)):
+        raise ValueError("labels must be integers.")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}); got values from {labels.min()} to "
+            f"{labels.max()}. Check the dataset's number of classes."
+        )
+    return labels
+
+
+HEADS = ("linear", "gaussian")
+
+
+def make_head(kind, num_classes, name="head"):
+    """Builds a classification head by name.
+
+    Args:
+      kind: "linear" (f(z) = Wz + b, Eq. 0.1; bias initialised to 0 and kernel to
+        PyTorch's nn.Linear default, as the reference WRN does) or "gaussian"
+        (`GaussianLayer`, Eq. 0.11). Both compute in float32 under mixed precision.
+      num_classes: K.
+      name: the layer name.
+    """
+    if kind == "linear":
+        return keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.VarianceScaling(
+                scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+            ),
+            bias_initializer="zeros",
+            dtype="float32",
+            name=name,
+        )
+    if kind == "gaussian":
+        return GaussianLayer(num_classes, name=name)
+    raise ValueError(f"Unknown head {kind!r}; valid heads: {', '.join(HEADS)}.")
+
+
+def is_gaussian_head(layer):
+    return isinstance(layer, GaussianLayer)
+
+
+__all__ = ["GaussianLayer", "HEADS", "make_head", "is_gaussian_head"]

@@ -1,0 +1,308 @@
+"""Training objectives: plain cross-entropy, OE, Energy, BCE, ICE and ICE⁻.
+
+Every loss has the form
+
+    CE(outputs_in, y) + weight * (in_term + out_term),
+
+where `outputs` are the head's outputs (logits f of Eq. 0.1 or Gaussian scores h
+of Eq. 0.11), in-distribution terms are averaged over in-distribution samples and
+outlier terms over outliers (never one mean over the mixed batch), as the
+reference code does. Each loss is a small serializable class; `get(name)` picks
+one from the registry.
+
+Call signature: `loss(y_true, outputs_in, outputs_out=None) -> scalar`.
+`loss.terms(...)` returns the named components, which `OODModel` logs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+# t <= -_MAX_H_CLAMP before -log(1 - exp(t)): an outlier exactly on a class mean
+# (t = 0) then costs -log(1 - exp(-1e-6)) ~ 13.8 instead of inf.
+_MAX_H_CLAMP = 1e-6
+_LOG_HALF = -math.log(2.0)
+
+# Appears in the message of the in-graph label check; OODModel.fit turns the
+# resulting InvalidArgumentError into a ValueError.
+LABEL_RANGE_MARKER = "ice_tf: labels out of range"
+
+
+def log1mexp(t):
+    """log(1 - exp(t)) for t < 0, stable at both ends (Maechler, 2012).
+
+    Uses log(-expm1(t)) for t > -ln 2 and log1p(-exp(t)) otherwise.
+    """
+    return tf.where(t > _LOG_HALF, tf.math.log(-tf.math.expm1(t)), tf.math.log1p(-tf.exp(t)))
+
+
+def check_labels(labels, num_classes):
+    """Returns int32 labels of shape (B,); bad labels raise ValueError (eager) or an
+    InvalidArgumentError naming LABEL_RANGE_MARKER (inside tf.function)."""
+    labels = tf.reshape(labels, [-1])
+    if labels.dtype.is_floating:
+        labels = tf.cast(labels, tf.int64)
+    labels = tf.cast(labels, tf.int32)
+    if tf.executing_eagerly():
+        values = labels.numpy()
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}) for a {num_classes}-class head; got "
+                f"values from {values.min()} to {values.max()}. Check the dataset's number of "
+                "classes or the head's num_classes."
+            )
+        return labels
+    message = f"{LABEL_RANGE_MARKER} [0, {num_classes})"
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, num_classes, message=message),
+        ]
+    ):
+        return tf.identity(labels)
+
+
+def _check_weight(name, value):
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return value
+
+
+class OODLoss:
+    """Base class: CE on the in-distribution outputs plus weighted extra terms.
+
+    Subclasses set `uses_outliers` and implement `extra_terms`.
+
+    Attributes:
+      weight: λ, the weight of the extra terms (Eqs. 0.3, 0.5, 0.15).
+      uses_outliers: whether `outputs_out` is required.
+      term_names: names of the components returned by `terms`.
+    """
+
+    uses_outliers = True
+    term_names = ("ce",)
+    default_weight = 0.0
+
+    def __init__(self, weight=None, name=None):
+        self.weight = _check_weight("weight (lambda)", self.default_weight if weight is None else weight)
+        self.name = name or _REVERSE_REGISTRY.get(type(self), type(self).__name__)
+
+    def extra_terms(self, labels, outputs_in, outputs_out):
+        """Returns a dict of scalar terms other than "ce" (before weighting)."""
+        return {}
+
+    def terms(self, y_true, outputs_in, outputs_out=None):
+        """The unweighted components, each a float32 scalar."""
+        outputs_in = tf.cast(outputs_in, tf.float32)
+        num_classes = outputs_in.shape[-1]
+        labels = check_labels(y_true, num_classes)
+        if self.uses_outliers:
+            if outputs_out is None:
+                raise ValueError(
+                    f"loss {self.name!r} uses auxiliary outliers: feed the model "
+                    "((x, y), x_outliers) batches, or use a loss without outliers such as 'ce'."
+                )
+            outputs_out = tf.cast(outputs_out, tf.float32)
+            if outputs_out.shape[-1] is not None and outputs_out.shape[-1] != num_classes:
+                raise ValueError(
+                    f"outputs_in has {num_classes} classes but outputs_out has "
+                    f"{outputs_out.shape[-1]}."
+                )
+        ce = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs_in)
+        )
+        return {"ce": ce, **self.extra_terms(labels, outputs_in, outputs_out)}
+
+    def combine(self, terms):
+        """CE + weight * (sum of the other terms)."""
+        extras = [value for key, value in terms.items() if key != "ce"]
+        if not extras:
+            return terms["ce"]
+        return terms["ce"] + self.weight * tf.add_n(extras)
+
+    def __call__(self, y_true, outputs_in, outputs_out=None):
+        return self.combine(self.terms(y_true, outputs_in, outputs_out))
+
+    def get_config(self):
+        return {"weight": self.weight, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class CrossEntropyLoss(OODLoss):
+    """Plain softmax cross-entropy, Eq. (0.2) (or Eq. 0.12 on a Gaussian head); no outliers."""
+
+    uses_outliers = False
+
+    def __init__(self, name=None):
+        super().__init__(weight=0.0, name=name)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class OutlierExposureLoss(OODLoss):
+    """Outlier Exposure, Eq. (0.3): CE + λ · mean_out CE(f(x̃), uniform).
+
+    CE to the uniform distribution is -(1/K) Σ_c log softmax(f)_c
+    = logsumexp(f) - mean_c f_c. Its gradient K·[softmax(f)_i - 1/K] (Eq. 0.6, up to
+    the 1/K of the mean) raises every logit whose softmax is below 1/K.
+    Default λ = 0.5 (Hendrycks et al., 2019).
+    """
+
+    term_names = ("ce", "out_term")
+    default_weight = 0.5
+
+    def extra_terms(self, labels, outputs_in, outputs_out):
+        uniform_ce = tf.reduce_logsumexp(outputs_out, axis=-1) - tf.reduce_mean(outputs_out, axis=-1)
+        return {"out_term": tf.reduce_mean(uniform_ce)}
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class EnergyLoss(OODLoss):
+    """Energy-bounded fine-tuning (Liu et al., 2020), the hinge form of Eq. (0.5).
+
+    E(x) = -logsumexp f(x) (Eq. 0.4 negated); the extra terms are
+    mean_in relu(E(x) - m_in)^2 and mean_out relu(m_out - E(x̃))^2. The in-distribution
+    term raises every logit (Eq. 0.8). Defaults λ = 0.1, m_in = -23, m_out = -5 (the
+    CIFAR-10 values of the reference code; CIFAR-100 uses m_in = -27).
+    """
+
+    term_names = ("ce", "in_term", "out_term")
+    default_weight = 0.1
+
+    def __init__(self, weight=None, margin_in=-23.0, margin_out=-5.0, name=None):
+        super().__init__(weight=weight, name=name)
+        self.margin_in = float(margin_in)
+        self.margin_out = float(margin_out)
+        if not (math.isfinite(self.margin_in) and math.isfinite(self.margin_out)):
+            raise ValueError("margin_in and margin_out must be finite numbers.")
+
+    def extra_terms(self, labels, outputs_in, outputs_out):
+        energy_in = -tf.reduce_logsumexp(outputs_in, axis=-1)
+        energy_out = -tf.reduce_logsumexp(outputs_out, axis=-1)
+        return {
+            "in_term": tf.reduce_mean(tf.square(tf.nn.relu(energy_in - self.margin_in))),
+            "out_term": tf.reduce_mean(tf.square(tf.nn.relu(self.margin_out - energy_out))),
+        }
+
+    def get_config(self):
+        return {**super().get_config(), "margin_in": self.margin_in, "margin_out": self.margin_out}
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class BinaryCrossEntropyLoss(OODLoss):
+    """The BCE ablation of Table 3: ICE's terms on sigmoid(logits) instead of exp(h).
+
+    Extra terms mean_in[-log σ(f_y(x))] + mean_out[-log(1 - σ(max_i f_i(x̃)))]; no
+    contradictory gradient, but still the logit as likelihood. Default λ as `ice`.
+    """
+
+    term_names = ("ce", "in_term", "out_term")
+
+    def __init__(self, weight=None, name=None):
+        if weight is None:
+            weight = InDistributionCompatibleLoss.default_weight
+        super().__init__(weight=weight, name=name)
+
+    def extra_terms(self, labels, outputs_in, outputs_out):
+        target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)
+        return {
+            # -log σ(t) = softplus(-t); -log(1 - σ(t)) = softplus(t).
+            "in_term": tf.reduce_mean(tf.nn.softplus(-target)),
+            "out_term": tf.reduce_mean(tf.nn.softplus(tf.reduce_max(outputs_out, axis=-1))),
+        }
+
+
+def ice_outlier_term(outputs_out):
+    """mean_out -log(1 - exp(max_i h_i(z̃))), Eq. (0.13), with max h clamped to <= -1e-6."""
+    max_h = tf.minimum(tf.reduce_max(outputs_out, axis=-1), -_MAX_H_CLAMP)
+    return tf.reduce_mean(-log1mexp(max_h))
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class InDistributionCompatibleLoss(OODLoss):
+    """ICE, Eq. (0.15): CE(h(x), y) + λ · (mean_in[-h_y(x)] + mean_out[-log(1 - exp(max_i h_i(x̃)))]).
+
+    The in-distribution term is Eq. (0.14), the outlier term Eq. (0.13). Meant for the
+    Gaussian head (h <= 0); on logits the outlier term is undefined for max f > 0 and
+    is clamped. Gradients: the outlier term only lowers the maximal h; the in-distribution
+    terms only raise h_y and lower the other classes.
+
+    Default λ = 0.1; see BUILD.md for how it was chosen.
+    """
+
+    term_names = ("ce", "in_term", "out_term")
+    default_weight = 0.1
+
+    def extra_terms(self, labels, outputs_in, outputs_out):
+        target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)
+        return {"in_term": tf.reduce_mean(-target), "out_term": ice_outlier_term(outputs_out)}
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class IceMinusLoss(InDistributionCompatibleLoss):
+    """ICE⁻ (Table 3): ICE without the in-distribution term -h_y of Eq. (0.14)."""
+
+    term_names = ("ce", "out_term")
+
+    def extra_terms(self, labels, outputs_in, outputs_out):
+        return {"out_term": ice_outlier_term(outputs_out)}
+
+
+LOSSES = {
+    "ce": CrossEntropyLoss,
+    "oe": OutlierExposureLoss,
+    "energy": EnergyLoss,
+    "bce": BinaryCrossEntropyLoss,
+    "ice": InDistributionCompatibleLoss,
+    "ice_minus": IceMinusLoss,
+}
+_REVERSE_REGISTRY = {cls: name for name, cls in LOSSES.items()}
+
+
+def names():
+    """The registered loss names."""
+    return sorted(LOSSES)
+
+
+def get(identifier, **kwargs):
+    """Returns a loss from a name (with constructor kwargs) or passes an `OODLoss` through.
+
+    Example:
+      loss = ice_tf.losses.get("energy", margin_in=-27.0)
+    """
+    if isinstance(identifier, OODLoss):
+        if kwargs:
+            raise ValueError("kwargs can only be given together with a loss name.")
+        return identifier
+    if isinstance(identifier, str) and identifier in LOSSES:
+        return LOSSES[identifier](**kwargs)
+    raise ValueError(f"Unknown loss {identifier!r}; valid losses: {', '.join(names())}.")
+
+
+__all__ = [
+    "OODLoss",
+    "CrossEntropyLoss",
+    "OutlierExposureLoss",
+    "EnergyLoss",
+    "BinaryCrossEntropyLoss",
+    "InDistributionCompatibleLoss",
+    "IceMinusLoss",
+    "LOSSES",
+    "get",
+    "names",
+    "log1mexp",
+]

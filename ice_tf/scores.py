@@ -1,0 +1,73 @@
+"""OOD scores computed from a head's outputs; higher always means more in-distribution.
+
+| name        | formula                    | for                                   |
+|-------------|----------------------------|---------------------------------------|
+| `msp`       | max_i softmax(f)_i         | the baseline detector                  |
+| `max_logit` | max_i f_i                  |                                        |
+| `energy`    | logsumexp_i f_i = -E(x)     | Energy (Eq. 0.4)                       |
+| `ice`       | max_i h_i                  | ICE; exp(max h) in (0, 1] is its confidence |
+
+`ice` returns max h rather than exp(max h): the two rank samples identically, and
+max h does not underflow to ties at 0 for far-away inputs. `confidence` gives
+exp(max h) for a Gaussian head (max softmax for a linear one).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _as_float32(outputs):
+    return tf.cast(tf.convert_to_tensor(outputs), tf.float32)
+
+
+def msp(outputs):
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
+    return tf.reduce_max(tf.nn.softmax(_as_float32(outputs), axis=-1), axis=-1)
+
+
+def max_logit(outputs):
+    """max_i f_i."""
+    return tf.reduce_max(_as_float32(outputs), axis=-1)
+
+
+def energy(outputs):
+    """Negative energy logsumexp_i f_i (temperature 1), Eq. (0.4)."""
+    return tf.reduce_logsumexp(_as_float32(outputs), axis=-1)
+
+
+def ice(outputs):
+    """max_i h_i(z), the log of the ICE confidence exp(max_i h_i) (Eqs. 0.11, 0.13)."""
+    return tf.reduce_max(_as_float32(outputs), axis=-1)
+
+
+SCORES = {"msp": msp, "max_logit": max_logit, "energy": energy, "ice": ice}
+
+
+def names():
+    """The registered score names."""
+    return sorted(SCORES)
+
+
+def get(name):
+    """Returns the score function `outputs (batch, K) -> (batch,)` called `name`."""
+    if callable(name) and not isinstance(name, str):
+        return name
+    if name in SCORES:
+        return SCORES[name]
+    raise ValueError(f"Unknown score {name!r}; valid scores: {', '.join(names())}.")
+
+
+def default_score_name(gaussian_head):
+    """`ice` for a Gaussian head, `msp` for a linear one."""
+    return "ice" if gaussian_head else "msp"
+
+
+def confidence(outputs, gaussian_head):
+    """In-distribution confidence in (0, 1]: exp(max h) (Gaussian head) or max softmax."""
+    if gaussian_head:
+        return tf.exp(ice(outputs))
+    return msp(outputs)
+
+
+__all__ = ["msp", "max_logit", "energy", "ice", "SCORES", "get", "names", "confidence"]

@@ -107,6 +107,9 @@ class OODModel(keras.Model):
             )
         if not self.head.built:
             self.head.build(feature_shape)
+        # A symbolic call checks the head's input spec: a feature-size mismatch is a ValueError.
+        feature_dtype = getattr(getattr(self.backbone, "output", None), "dtype", "float32")
+        self.head(keras.KerasTensor(feature_shape, dtype=feature_dtype))
         self.built = True
 
     def call(self, inputs, training=False):

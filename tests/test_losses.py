@@ -1,0 +1,253 @@
+"""Losses against float64 numpy references, the paper's gradient claims, numeric edges."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ice_tf import layers, losses
+
+
+# ------------------------------------------------------------ numpy references
+def _log_softmax(x):
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def _softmax(x):
+    return np.exp(_log_softmax(x))
+
+
+def _logsumexp(x):
+    top = x.max(-1)
+    return top + np.log(np.exp(x - top[:, None]).sum(-1))
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _onehot(labels, num_classes):
+    return np.eye(num_classes)[labels]
+
+
+def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0):
+    """(loss, d loss / d f_in, d loss / d f_out) in float64."""
+    n_in, num_classes = f_in.shape
+    n_out = f_out.shape[0]
+    rows = np.arange(n_in)
+    loss = -np.mean(_log_softmax(f_in)[rows, y])
+    grad_in = (_softmax(f_in) - _onehot(y, num_classes)) / n_in
+    grad_out = np.zeros_like(f_out)
+    if name == "oe":  # Eq. (0.3), gradient Eq. (0.6) / K
+        loss += weight * np.mean(-_log_softmax(f_out).mean(-1))
+        grad_out = weight * (_softmax(f_out) - 1.0 / num_classes) / n_out
+    elif name == "energy":  # Eq. (0.5), hinge form
+        e_in, e_out = -_logsumexp(f_in), -_logsumexp(f_out)
+        gap_in, gap_out = np.maximum(e_in - margin_in, 0), np.maximum(margin_out - e_out, 0)
+        loss += weight * (np.mean(gap_in**2) + np.mean(gap_out**2))
+        grad_in += weight * (-2.0 * gap_in[:, None] * _softmax(f_in)) / n_in
+        grad_out = weight * (2.0 * gap_out[:, None] * _softmax(f_out)) / n_out
+    elif name == "bce":
+        target = f_in[rows, y]
+        top = f_out.max(-1)
+        loss += weight * (np.mean(np.log1p(np.exp(-target))) + np.mean(np.log1p(np.exp(top))))
+        grad_in += weight * _onehot(y, num_classes) * (_sigmoid(target) - 1.0)[:, None] / n_in
+        grad_out = weight * _onehot(f_out.argmax(-1), num_classes) * _sigmoid(top)[:, None] / n_out
+    elif name in ("ice", "ice_minus"):  # Eqs. (0.13)-(0.15)
+        top = f_out.max(-1)
+        loss += weight * np.mean(-np.log(-np.expm1(top)))
+        grad_out = weight * _onehot(f_out.argmax(-1), num_classes) * (
+            np.exp(top) / -np.expm1(top)
+        )[:, None] / n_out
+        if name == "ice":
+            loss += weight * np.mean(-f_in[rows, y])
+            grad_in += -weight * _onehot(y, num_classes) / n_in
+    elif name != "ce":
+        raise AssertionError(name)
+    return loss, grad_in, grad_out
+
+
+def _tf_loss_and_grads(loss_fn, y, f_in, f_out):
+    f_in = tf.constant(f_in, tf.float32)
+    f_out = tf.constant(f_out, tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([f_in, f_out])
+        value = loss_fn(tf.constant(y), f_in, f_out)
+    return value.numpy(), tape.gradient(value, f_in).numpy(), tape.gradient(value, f_out)
+
+
+def _outputs(rng, name, shape):
+    if name in ("ice", "ice_minus"):  # Gaussian scores h <= 0
+        return -rng.gamma(2.0, 2.0, shape)
+    return rng.normal(0.0, 4.0, shape)
+
+
+def _relative(actual, expected):
+    return np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30)
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("name", losses.names())
+def test_loss_and_gradients_match_float64_reference(name, num_classes):
+    rng = np.random.default_rng(num_classes)
+    y = rng.integers(0, num_classes, 32)
+    f_in = _outputs(rng, name, (32, num_classes))
+    f_out = _outputs(rng, name, (64, num_classes))
+    loss_fn = losses.get(name)
+    value, grad_in, grad_out = _tf_loss_and_grads(loss_fn, y, f_in, f_out)
+    ref_value, ref_in, ref_out = reference(name, loss_fn.weight, y, f_in, f_out)
+    assert abs(value - ref_value) / abs(ref_value) <= 1e-4
+    assert _relative(grad_in, ref_in) <= 1e-4
+    if loss_fn.uses_outliers:
+        assert _relative(grad_out.numpy(), ref_out) <= 1e-4
+    else:
+        assert grad_out is None  # plain CE never looks at outliers
+
+
+def test_energy_margins_are_used():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 10, 32)
+    f_in, f_out = rng.normal(0, 4, (32, 10)), rng.normal(0, 4, (64, 10))
+    loss_fn = losses.get("energy", weight=0.3, margin_in=-27.0, margin_out=-7.0)
+    value, _, _ = _tf_loss_and_grads(loss_fn, y, f_in, f_out)
+    expected, _, _ = reference("energy", 0.3, y, f_in, f_out, margin_in=-27.0, margin_out=-7.0)
+    assert abs(value - expected) / expected <= 1e-5
+
+
+def test_log1mexp_matches_float64_across_its_range():
+    t = -np.logspace(-6, 2.5, 400).astype(np.float32)
+    expected = np.log(-np.expm1(t.astype(np.float64)))
+    np.testing.assert_allclose(
+        losses.log1mexp(tf.constant(t)).numpy(), expected, rtol=1e-5, atol=1e-9
+    )
+
+
+# ------------------------------------------------- the paper's gradient claims
+def _term_gradient(term, outputs, y=None):
+    outputs = tf.constant(outputs, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(outputs)
+        value = term(outputs)
+    return tape.gradient(value, outputs).numpy()
+
+
+def test_oe_outlier_term_raises_logits_with_softmax_below_one_over_k():
+    """Eq. (0.6): d/df_i ∝ softmax_i - 1/K, so descent raises f_i where softmax_i < 1/K."""
+    rng = np.random.default_rng(6)
+    f_out = rng.normal(0, 3, (64, 10))
+    oe = losses.get("oe")
+    grad = _term_gradient(lambda f: oe.extra_terms(None, None, f)["out_term"], f_out)
+    below = _softmax(f_out) < 0.1
+    assert below.any() and (~below).any()
+    assert np.all(grad[below] < 0)  # raised by gradient descent: the contradictory gradient
+    assert np.all(grad[~below] > 0)
+
+
+def test_energy_in_distribution_term_raises_every_logit():
+    """Eq. (0.8): the in-distribution energy term has a negative gradient on every f_i."""
+    rng = np.random.default_rng(7)
+    f_in = rng.normal(0, 3, (32, 10))
+    energy = losses.get("energy")
+    grad = _term_gradient(lambda f: energy.extra_terms(None, f, f)["in_term"], f_in)
+    assert np.all(grad < 0)
+
+
+def test_ice_outlier_term_only_lowers_the_maximal_h():
+    rng = np.random.default_rng(8)
+    h_out = -rng.gamma(2.0, 2.0, (64, 10))
+    grad = _term_gradient(losses.ice_outlier_term, h_out)
+    is_max = _onehot(h_out.argmax(-1), 10).astype(bool)
+    assert np.all(grad[is_max] > 0)  # descent lowers max h
+    assert np.all(grad[~is_max] == 0)
+
+
+@pytest.mark.parametrize("name", ["ice", "ice_minus"])
+def test_ice_in_distribution_terms_never_raise_a_non_target_class(name):
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 10, 32)
+    h_in = -rng.gamma(2.0, 2.0, (32, 10))
+    h_out = -rng.gamma(2.0, 2.0, (64, 10))
+    _, grad_in, _ = _tf_loss_and_grads(losses.get(name, weight=5.0), y, h_in, h_out)
+    target = _onehot(y, 10).astype(bool)
+    assert np.all(grad_in[~target] >= 0)
+    assert np.all(grad_in[target] < 0)
+
+
+# -------------------------------------------------------------- numeric edges
+def _gaussian_and_linear_heads(rng, dim=32, num_classes=10):
+    gaussian = layers.make_head("gaussian", num_classes)
+    gaussian.build((None, dim))
+    gaussian.means.assign(rng.normal(size=(num_classes, dim)).astype("float32"))
+    linear = layers.make_head("linear", num_classes)
+    linear.build((None, dim))
+    return {"gaussian": gaussian, "linear": linear}
+
+
+@pytest.mark.parametrize("edge", ["outlier_on_mean", "huge_positive", "huge_negative", "zeros"])
+@pytest.mark.parametrize("name", losses.names())
+def test_numeric_edges_give_finite_losses_and_gradients(name, edge):
+    rng = np.random.default_rng(10)
+    heads = _gaussian_and_linear_heads(rng)
+    z_in = rng.normal(size=(8, 32)).astype("float32")
+    z_out = rng.normal(size=(16, 32)).astype("float32")
+    if edge == "outlier_on_mean":
+        z_out[:4] = heads["gaussian"].means.numpy()[:4]
+        z_in[:4] = heads["gaussian"].means.numpy()[:4]
+    else:
+        fill = {"huge_positive": 1e4, "huge_negative": -1e4, "zeros": 0.0}[edge]
+        z_in[:] = fill
+        z_out[:] = fill
+    y = np.arange(8) % 10
+    loss_fn = losses.get(name)
+    for head in heads.values():
+        z_in_t, z_out_t = tf.constant(z_in), tf.constant(z_out)
+        with tf.GradientTape() as tape:
+            tape.watch([z_in_t, z_out_t])
+            value = loss_fn(y, head(z_in_t), head(z_out_t))
+        gradients = tape.gradient(value, [z_in_t, z_out_t, *head.trainable_variables])
+        assert np.isfinite(value.numpy()), (head.name, value)
+        for gradient in gradients:
+            if gradient is not None:
+                assert np.all(np.isfinite(tf.convert_to_tensor(gradient).numpy()))
+
+
+def test_outlier_exactly_on_a_class_mean_costs_a_large_finite_ice_loss():
+    value = losses.ice_outlier_term(tf.zeros((1, 10))).numpy()
+    assert np.isfinite(value) and value == pytest.approx(-np.log(-np.expm1(-1e-6)), rel=1e-3)
+
+
+# ------------------------------------------------------------------ the API
+def test_registry_names_and_errors():
+    assert losses.names() == ["bce", "ce", "energy", "ice", "ice_minus", "oe"]
+    with pytest.raises(ValueError, match="bce, ce, energy, ice, ice_minus, oe"):
+        losses.get("focal")
+    with pytest.raises(ValueError, match="lambda"):
+        losses.get("ice", weight=-0.1)
+    with pytest.raises(ValueError, match="lambda"):
+        losses.get("oe", weight=float("nan"))
+    loss = losses.get("ice")
+    assert losses.get(loss) is loss
+    assert [losses.get(n).uses_outliers for n in ("ce", "oe", "ice")] == [False, True, True]
+
+
+def test_bad_labels_and_missing_outliers_raise_value_errors():
+    outputs = tf.zeros((4, 10))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        losses.get("ce")(np.array([0, 1, 2, 10]), outputs)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        losses.get("ice")(np.array([0, -1, 2, 3]), outputs, outputs)
+    with pytest.raises(ValueError, match="outliers"):
+        losses.get("oe")(np.array([0, 1, 2, 3]), outputs)
+    with pytest.raises(ValueError, match="classes"):
+        losses.get("oe")(np.array([0, 1, 2, 3]), outputs, tf.zeros((4, 7)))
+
+
+@pytest.mark.parametrize("name", losses.names())
+def test_losses_serialize(name):
+    loss = losses.get(name)
+    config = keras.saving.serialize_keras_object(loss)
+    restored = keras.saving.deserialize_keras_object(config)
+    assert type(restored) is type(loss)
+    assert restored.get_config() == loss.get_config()
+    assert restored.name == name

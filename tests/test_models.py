@@ -1,0 +1,156 @@
+"""OODModel: the shared training loop, its metrics, weight decay and saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import blob_data, tiny_backbone, zipped_dataset
+
+from ice_tf import layers, losses, models
+
+
+def _model(head="gaussian", num_classes=3, backbone=None):
+    return models.OODModel(backbone or tiny_backbone(), layers.make_head(head, num_classes))
+
+
+def _sgd(lr=0.05, momentum=0.9):
+    return keras.optimizers.SGD(lr, momentum=momentum, nesterov=momentum > 0)
+
+
+@pytest.mark.parametrize("head", ["linear", "gaussian"])
+@pytest.mark.parametrize("name", losses.names())
+def test_fit_lowers_the_loss(name, head):
+    images, labels, outliers = blob_data()
+    dataset = zipped_dataset(images, labels, outliers)
+    model = _model(head)
+    model.compile(_sgd(), loss=name, weight_decay=5e-4)
+    before = model.evaluate(dataset, verbose=0, return_dict=True)
+    history = model.fit(dataset, epochs=8, verbose=0)
+    after = model.evaluate(dataset, verbose=0, return_dict=True)
+    assert set(history.history) == {"loss", "accuracy", *model.ood_loss.term_names}
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert after["loss"] < before["loss"], (before, after)
+
+
+def test_one_forward_pass_over_the_concatenated_batch():
+    """BatchNorm statistics come from in-distribution images and outliers together."""
+    inputs = keras.Input((2, 2, 1))
+    normalized = keras.layers.BatchNormalization(momentum=0.0, name="bn")(inputs)
+    backbone = keras.Model(inputs, keras.layers.Flatten()(normalized))
+    model = models.OODModel(backbone, layers.make_head("gaussian", 2))
+    model.compile(_sgd(0.0, 0.0), loss="ice")
+    images = np.full((4, 2, 2, 1), 1.0, np.float32)
+    outliers = np.full((8, 2, 2, 1), 4.0, np.float32)
+    dataset = tf.data.Dataset.from_tensors(((images, np.array([0, 1, 0, 1])), outliers))
+    model.fit(dataset, epochs=1, verbose=0)
+    moving_mean = backbone.get_layer("bn").moving_mean.numpy()
+    np.testing.assert_allclose(moving_mean, [(4 * 1.0 + 8 * 4.0) / 12], rtol=1e-6)
+
+
+def test_losses_without_outliers_ignore_them_and_accept_plain_batches():
+    images, labels, outliers = blob_data()
+    model = _model("linear")
+    model.compile(_sgd(), loss="ce")
+    plain = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    history = model.fit(plain, epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "ce", "accuracy"}
+    model.fit(zipped_dataset(images, labels, outliers), epochs=1, verbose=0)
+
+
+def test_a_loss_that_needs_outliers_rejects_plain_batches():
+    images, labels, _ = blob_data()
+    model = _model()
+    model.compile(_sgd(), loss="ice")
+    with pytest.raises(ValueError, match="outliers"):
+        model.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(16), verbose=0)
+
+
+def test_labels_out_of_range_raise_a_value_error_in_fit():
+    images, labels, outliers = blob_data()
+    model = _model(num_classes=2)  # the data has 3 classes
+    model.compile(_sgd(), loss="ice")
+    with pytest.raises(ValueError, match="num_classes"):
+        model.fit(zipped_dataset(images, labels, outliers), epochs=1, verbose=0)
+
+
+def test_feature_size_mismatch_raises_a_value_error():
+    head = layers.make_head("gaussian", 3)
+    head.build((None, 5))
+    with pytest.raises(ValueError):
+        models.OODModel(tiny_backbone(width=8), head)
+
+
+def test_bad_compile_arguments():
+    model = _model()
+    with pytest.raises(ValueError, match="valid losses"):
+        model.compile(_sgd(), loss="focal")
+    with pytest.raises(ValueError, match="weight_decay"):
+        model.compile(_sgd(), loss="ice", weight_decay=-1.0)
+    with pytest.raises(RuntimeError, match="compile"):
+        _model().train_step(((np.zeros((2, 6, 6, 1), np.float32), np.zeros(2)), None))
+
+
+def test_weight_decay_is_coupled_l2_on_the_backbone_only():
+    """With plain SGD, decay changes each update by -lr * wd * w (PyTorch's convention);
+    the Gaussian head's means and scale are not decayed."""
+    images, labels, outliers = blob_data(num_in=16, num_out=32)
+    dataset = zipped_dataset(images, labels, outliers)
+    lr, wd = 0.1, 0.01
+    backbone = tiny_backbone()
+    reference = _model(backbone=backbone)
+    start = [v.numpy() for v in reference.trainable_variables]
+
+    def one_step(weight_decay):
+        model = _model(backbone=keras.models.clone_model(backbone))
+        for variable, value in zip(model.trainable_variables, start):
+            variable.assign(value)
+        model.compile(_sgd(lr, 0.0), loss="ice", weight_decay=weight_decay)
+        model.fit(dataset, epochs=1, verbose=0)
+        return model, [v.numpy() - s for v, s in zip(model.trainable_variables, start)]
+
+    decayed_model, decayed = one_step(wd)
+    _, plain = one_step(0.0)
+    head_ids = {id(v) for v in decayed_model.head.trainable_variables}
+    for variable, value, with_wd, without_wd in zip(
+        decayed_model.trainable_variables, start, decayed, plain
+    ):
+        expected = 0.0 if id(variable) in head_ids else -lr * wd * value
+        np.testing.assert_allclose(with_wd - without_wd, expected, atol=1e-6)
+
+
+def test_keras_file_round_trip_keeps_weights_loss_and_training(tmp_path):
+    images, labels, outliers = blob_data()
+    dataset = zipped_dataset(images, labels, outliers)
+    model = _model()
+    model.compile(_sgd(), loss=losses.get("energy", margin_in=-7.0), weight_decay=5e-4)
+    model.fit(dataset, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, models.OODModel) and restored.gaussian_head
+    assert restored.ood_loss.get_config() == model.ood_loss.get_config()
+    assert restored.weight_decay == 5e-4
+    assert int(restored.optimizer.iterations) == int(model.optimizer.iterations)
+    np.testing.assert_allclose(
+        restored.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6
+    )
+    restored.fit(dataset, epochs=1, verbose=0)
+
+
+def test_mixed_precision_training_keeps_gaussian_outputs_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    images, labels, outliers = blob_data()
+    model = _model()
+    model.compile(_sgd(), loss="ice")
+    assert model.backbone.layers[1].compute_dtype == "float16"
+    history = model.fit(zipped_dataset(images, labels, outliers), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert model(images[:4]).dtype == "float32"
+
+
+def test_build_model_by_names():
+    model = models.build_model("small_cnn", (28, 28, 1), 10, head="gaussian")
+    assert model.gaussian_head and model.num_classes == 10
+    assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="wrn40_2"):
+        models.build_model("resnet18", (32, 32, 3), 10)

@@ -28,6 +28,8 @@ from ice_tf import losses as losses_lib
 
 def _unpack(data):
     """((x, y), x_out) -> (x, y, x_out); (x, y) -> (x, y, None)."""
+    if isinstance(data, (tuple, list)) and len(data) == 1:
+        data = data[0]  # fit(x=((x, y), x_out)) with arrays arrives wrapped in a 1-tuple.
     if not isinstance(data, (tuple, list)) or len(data) < 2:
         raise ValueError(
             "OODModel expects batches ((images, labels), outlier_images) or (images, labels); "

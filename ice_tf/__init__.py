@@ -12,3 +12,21 @@ Submodules:
 """
 
 __version__ = "0.1.0"
+
+import importlib
+
+_SUBMODULES = (
+    "backbones", "config", "data", "distribute", "evaluation", "experiment", "export",
+    "layers", "losses", "metrics", "models", "scores",
+)
+
+
+def __getattr__(name):
+    # Submodules load on first use, so `ice_tf.metrics` stays free of TensorFlow.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ice_tf.{name}")
+    raise AttributeError(f"module 'ice_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES))

@@ -1,0 +1,215 @@
+"""The frozen configuration of one experiment (training, evaluation, export).
+
+Scripts turn absl flags into an `ExperimentConfig` once; library code only ever
+sees the config. `validate()` rejects bad values with messages that name the fix.
+
+OOD test sets are given as specs `[label=]dataset[@split][:path]`: a registered
+dataset name (`svhn`), another split (`embedded_outliers@val`), or a set read from
+user files (`isun=image_folder:/data/iSUN`). The split defaults to `test`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Optional
+
+# The OOD score each method is evaluated with, as in the papers (MSP for plain
+# training and OE, the energy score for Energy, max h for ICE).
+DEFAULT_SCORES = {
+    "ce": "msp",
+    "oe": "msp",
+    "energy": "energy",
+    "bce": "max_logit",
+    "ice": "ice",
+    "ice_minus": "ice",
+}
+SCHEDULES = ("scratch", "finetune")
+PROTOCOLS = ("oe", "full")
+HEAD_CHOICES = ("auto", "linear", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class OODSetSpec:
+    """One OOD test set: a label, a registered dataset name, a split and an optional path."""
+
+    label: str
+    dataset: str
+    split: str = "test"
+    path: Optional[str] = None
+
+    @classmethod
+    def parse(cls, spec):
+        spec = spec.strip()
+        label, has_label, rest = spec.partition("=")
+        if not has_label:
+            label, rest = None, spec
+        name_and_split, _, path = rest.partition(":")
+        dataset, _, split = name_and_split.partition("@")
+        dataset = dataset.strip()
+        if not dataset:
+            raise ValueError(f"OOD set spec {spec!r} names no dataset; use [label=]dataset[@split][:path].")
+        if label is None:
+            label = dataset if not split else f"{dataset}@{split}"
+        return cls(label.strip(), dataset, split.strip() or "test", path.strip() or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs. Defaults reproduce the reference protocols."""
+
+    # Data.
+    in_dataset: str = "embedded_fashion_mnist"
+    outlier_dataset: Optional[str] = "embedded_outliers"
+    outlier_path: Optional[str] = None
+    outlier_exclude_path: Optional[str] = None
+    ood_datasets: tuple = ("embedded_mnist", "embedded_digits", "embedded_textures",
+                           "gaussian", "rademacher", "blobs")
+    data_dir: Optional[str] = None
+    download: bool = False
+    limit_train: Optional[int] = None
+    # Method.
+    loss: str = "ice"
+    loss_weight: Optional[float] = None  # λ; None = the loss's default
+    margin_in: Optional[float] = None  # Energy m_in; None = the loss's default
+    margin_out: Optional[float] = None
+    head: str = "auto"  # auto: Gaussian for ice / ice_minus, linear otherwise
+    score: Optional[str] = None  # None: DEFAULT_SCORES[loss]
+    # Model.
+    backbone: str = "wrn40_2"
+    dropout_rate: Optional[float] = None
+    # Schedule (SGD nesterov, cosine per step to min_learning_rate).
+    schedule: str = "scratch"
+    init_checkpoint: Optional[str] = None
+    epochs: int = 100
+    learning_rate: float = 0.1
+    min_learning_rate: float = 1e-6
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_in: int = 128
+    batch_out: int = 256
+    augment: bool = True
+    seed: int = 1
+    # Hardware.
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    # Evaluation.
+    protocol: str = "oe"
+    eval_draws: int = 10
+    eval_batch_size: int = 500
+    eval_limit: Optional[int] = None
+    eval_split: str = "test"  # "val" when choosing hyperparameters
+    # Output.
+    output_dir: str = "runs/default"
+    export: bool = True
+    dry_run: bool = False
+
+    # ------------------------------------------------------------ derived
+    @property
+    def head_kind(self):
+        if self.head != "auto":
+            return self.head
+        return "gaussian" if self.loss in ("ice", "ice_minus") else "linear"
+
+    @property
+    def score_name(self):
+        return self.score or DEFAULT_SCORES.get(self.loss, "msp")
+
+    @property
+    def ood_set_specs(self):
+        return tuple(OODSetSpec.parse(spec) for spec in self.ood_datasets)
+
+    @property
+    def uses_outliers(self):
+        from ice_tf import losses
+
+        return losses.get(self.loss).uses_outliers
+
+    def loss_kwargs(self):
+        kwargs = {}
+        if self.loss_weight is not None and self.loss != "ce":
+            kwargs["weight"] = self.loss_weight
+        if self.loss == "energy":
+            if self.margin_in is not None:
+                kwargs["margin_in"] = self.margin_in
+            if self.margin_out is not None:
+                kwargs["margin_out"] = self.margin_out
+        return kwargs
+
+    def backbone_kwargs(self):
+        return {} if self.dropout_rate is None else {"dropout_rate": self.dropout_rate}
+
+    # --------------------------------------------------------- validation
+    def validate(self):
+        """Raises ValueError naming the bad setting and the valid choices; returns self."""
+        from ice_tf import backbones, data, distribute, losses, scores
+
+        def choose(field, value, valid):
+            if value not in valid:
+                raise ValueError(f"{field}={value!r} is not valid; choose one of: {', '.join(valid)}.")
+
+        choose("loss", self.loss, losses.names())
+        choose("backbone", self.backbone, backbones.names())
+        choose("head", self.head, HEAD_CHOICES)
+        choose("schedule", self.schedule, SCHEDULES)
+        choose("protocol", self.protocol, PROTOCOLS)
+        choose("strategy", self.strategy, distribute.STRATEGIES)
+        choose("score", self.score_name, scores.names())
+        choose("in_dataset", self.in_dataset, data.names())
+        if data.get_info(self.in_dataset).num_classes is None:
+            raise ValueError(f"in_dataset={self.in_dataset!r} has no labels; pick a labelled set.")
+        if self.uses_outliers:
+            if not self.outlier_dataset:
+                raise ValueError(f"loss={self.loss!r} needs outliers: set outlier_dataset.")
+            choose("outlier_dataset", self.outlier_dataset, data.names())
+        for spec in self.ood_set_specs:
+            choose(f"OOD set {spec.label!r}", spec.dataset, data.names())
+        if len({spec.label for spec in self.ood_set_specs}) != len(self.ood_set_specs):
+            raise ValueError("OOD set labels must be unique.")
+        for field in ("epochs", "batch_in", "batch_out", "eval_draws", "eval_batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}.")
+        for field in ("limit_train", "eval_limit"):
+            if getattr(self, field) is not None and getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1 when set, got {getattr(self, field)}.")
+        for field in ("learning_rate", "min_learning_rate", "momentum", "weight_decay"):
+            value = getattr(self, field)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{field} must be a finite number >= 0, got {value}.")
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError("min_learning_rate must not exceed learning_rate.")
+        if self.loss_weight is not None and not (
+            math.isfinite(self.loss_weight) and self.loss_weight >= 0
+        ):
+            raise ValueError(f"loss_weight (lambda) must be >= 0, got {self.loss_weight}.")
+        if self.dropout_rate is not None and not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}.")
+        if self.schedule == "finetune" and not self.init_checkpoint and not self.dry_run:
+            raise ValueError("schedule='finetune' needs init_checkpoint (a .keras file of a trained model).")
+        losses.get(self.loss, **self.loss_kwargs())  # checks λ and margins
+        return self
+
+    # ------------------------------------------------------------ storage
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}.")
+        values = dict(values)
+        if "ood_datasets" in values:
+            values["ood_datasets"] = tuple(values["ood_datasets"])
+        return cls(**values)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["ExperimentConfig", "OODSetSpec", "DEFAULT_SCORES", "SCHEDULES", "PROTOCOLS"]

@@ -1,0 +1,248 @@
+"""OOD evaluation: scores on in-distribution and OOD sets, metrics, Table-style reports.
+
+Protocols (DESIGN §3):
+  "oe"    all in-distribution test images against len(ID test) / 5 OOD images drawn
+          at random, 10 draws, mean ± std (Outlier Exposure and Energy; the paper's tables);
+  "full"  every image once (OpenOOD).
+
+Results are plain dictionaries (JSON-ready): metric values are fractions in [0, 1]
+as `{"mean": m, "std": s}` (std 0 under "full"); reports print percentages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from ice_tf import metrics as metrics_lib
+from ice_tf import scores as scores_lib
+
+METRIC_KEYS = metrics_lib.METRIC_KEYS
+METRIC_TITLES = {
+    "auroc": "AUROC",
+    "aupr_in": "AUPR-In",
+    "aupr_out": "AUPR-Out",
+    "fpr95": "FPR95",
+    "fpr95_ood_positive": "FPR95 (OOD+)",
+}
+
+
+def _num_batches(dataset):
+    cardinality = int(tf.data.experimental.cardinality(dataset))
+    return cardinality if cardinality >= 0 else None
+
+
+def predict_outputs(model, dataset, progbar=None):
+    """Head outputs (N, K) float32 and labels (N,) for a dataset of (images, labels)."""
+    outputs, labels = [], []
+    for images, batch_labels in dataset:
+        outputs.append(np.asarray(model.predict_on_batch(images), np.float32))
+        labels.append(np.asarray(batch_labels))
+        if progbar is not None:
+            progbar.add(1)
+    if not outputs:
+        raise ValueError("the evaluation dataset is empty.")
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def _as_mean_std(values):
+    return {key: {"mean": float(value), "std": 0.0} for key, value in values.items()}
+
+
+def ood_results(scores_in, scores_out_by_set, protocol="oe", num_draws=10, seed=0):
+    """Metrics per OOD set and their mean over sets, from precomputed scores."""
+    if protocol not in ("oe", "full"):
+        raise ValueError(f"Unknown protocol {protocol!r}; valid protocols: full, oe.")
+    per_set = {}
+    for index, (label, scores_out) in enumerate(scores_out_by_set.items()):
+        if protocol == "oe":
+            result = metrics_lib.subsampled_ood_metrics(
+                scores_in, scores_out, num_draws=num_draws, seed=seed + index
+            )
+        else:
+            result = _as_mean_std(metrics_lib.ood_metrics(scores_in, scores_out))
+            result["num_ood"] = int(len(scores_out))
+        per_set[label] = result
+    mean = {
+        key: {
+            "mean": float(np.mean([r[key]["mean"] for r in per_set.values()])),
+            "std": float(np.mean([r[key]["std"] for r in per_set.values()])),
+        }
+        for key in METRIC_KEYS
+    }
+    return per_set, mean
+
+
+def evaluate_model(
+    model,
+    in_dataset,
+    ood_datasets,
+    score="msp",
+    protocol="oe",
+    num_draws=10,
+    seed=0,
+    verbose=1,
+    return_scores=False,
+):
+    """Evaluates OOD detection and in-distribution accuracy of a trained model.
+
+    Args:
+      model: a Keras model returning head outputs (logits or h).
+      in_dataset: tf.data of (images, labels), the in-distribution test set.
+      ood_datasets: dict label -> tf.data of (images, labels) (labels ignored).
+      score: a name from `ice_tf.scores.names()` (higher = more in-distribution).
+      protocol: "oe" or "full".
+      num_draws: draws of the "oe" protocol.
+      seed: seed of the "oe" protocol's draws.
+      verbose: 1 shows a progress bar over all evaluation batches.
+      return_scores: also return {"in": scores, label: scores} (for ROC figures).
+
+    Returns:
+      dict with `score`, `protocol`, `accuracy`, `num_in`, `sets` (per OOD set) and
+      `mean` (over sets); plus the raw scores when `return_scores`.
+    """
+    score_fn = scores_lib.get(score)
+    datasets = {"in-distribution": in_dataset, **ood_datasets}
+    counts = [_num_batches(ds) for ds in datasets.values()]
+    total = None if any(c is None for c in counts) else sum(counts)
+    progbar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
+
+    outputs_in, labels_in = predict_outputs(model, in_dataset, progbar)
+    scores_in = np.asarray(score_fn(outputs_in))
+    raw_scores = {"in": scores_in}
+    for label, dataset in ood_datasets.items():
+        outputs_out, _ = predict_outputs(model, dataset, progbar)
+        raw_scores[label] = np.asarray(score_fn(outputs_out))
+    per_set, mean = ood_results(
+        scores_in,
+        {label: raw_scores[label] for label in ood_datasets},
+        protocol=protocol,
+        num_draws=num_draws,
+        seed=seed,
+    )
+    results = {
+        "score": score if isinstance(score, str) else getattr(score, "__name__", "custom"),
+        "protocol": protocol,
+        "accuracy": metrics_lib.accuracy(labels_in, outputs_in),
+        "num_in": int(len(scores_in)),
+        "sets": per_set,
+        "mean": mean,
+    }
+    if return_scores:
+        return results, raw_scores
+    return results
+
+
+def _cell(value, with_std):
+    if with_std and value["std"] > 0:
+        return f"{100 * value['mean']:.2f} ± {100 * value['std']:.2f}"
+    return f"{100 * value['mean']:.2f}"
+
+
+def results_markdown(results, title=None):
+    """A markdown table: one row per OOD set and the mean; percentages."""
+    with_std = results["protocol"] == "oe"
+    header = ["OOD set", *(METRIC_TITLES[k] for k in METRIC_KEYS)]
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    lines += [
+        f"Score `{results['score']}`, protocol `{results['protocol']}`; in-distribution accuracy "
+        f"{100 * results['accuracy']:.2f}% on {results['num_in']} images. AUPR-In and FPR95 treat "
+        "in-distribution as positive (the paper's convention); AUPR-Out and FPR95 (OOD+) treat "
+        "OOD as positive (OE/OpenOOD).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * len(header)) + "|",
+    ]
+    for label, values in results["sets"].items():
+        lines.append(
+            "| " + " | ".join([label, *(_cell(values[k], with_std) for k in METRIC_KEYS)]) + " |"
+        )
+    lines.append(
+        "| **mean** | "
+        + " | ".join(f"**{_cell(results['mean'][k], False)}**" for k in METRIC_KEYS)
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def aggregate_runs(results_list):
+    """Mean ± std over runs (e.g. seeds) of the set-level means and accuracy.
+
+    Returns a results-like dict whose metric values are {"mean", "std"} across runs
+    and whose `accuracy_std` is the spread of accuracy.
+    """
+    if not results_list:
+        raise ValueError("no results to aggregate.")
+
+    def spread(values):
+        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+    labels = list(results_list[0]["sets"])
+    return {
+        "score": results_list[0]["score"],
+        "protocol": results_list[0]["protocol"],
+        "num_runs": len(results_list),
+        "accuracy": float(np.mean([r["accuracy"] for r in results_list])),
+        "accuracy_std": float(np.std([r["accuracy"] for r in results_list])),
+        "num_in": results_list[0]["num_in"],
+        "sets": {
+            label: {k: spread([r["sets"][label][k]["mean"] for r in results_list]) for k in METRIC_KEYS}
+            for label in labels
+        },
+        "mean": {k: spread([r["mean"][k]["mean"] for r in results_list]) for k in METRIC_KEYS},
+    }
+
+
+def _group_mean(result, labels, key):
+    """Mean over the given OOD sets of a metric; std = mean of the sets' stds."""
+    values = [result["sets"][label][key] for label in labels]
+    return {"mean": float(np.mean([v["mean"] for v in values])),
+            "std": float(np.mean([v["std"] for v in values]))}
+
+
+def comparison_markdown(results_by_method, groups=None, keys=("auroc", "aupr_in", "fpr95"),
+                        show_std=True):
+    """Table 1 style comparison of methods.
+
+    First a summary: per group of OOD sets (default: all), the mean AUROC, AUPR-In and
+    FPR95 over the group's sets, and in-distribution accuracy; then one block per OOD
+    set. With aggregated runs (`aggregate_runs`) cells read mean ± std over runs.
+    """
+    methods = list(results_by_method)
+    first = results_by_method[methods[0]]
+    groups = groups or {"all OOD sets": list(first["sets"])}
+    header = ["Method"]
+    for group in groups:
+        header += [f"{METRIC_TITLES[k]} ({group})" for k in keys]
+    header.append("Accuracy")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        result = results_by_method[method]
+        cells = [method]
+        for labels in groups.values():
+            cells += [_cell(_group_mean(result, labels, k), show_std) for k in keys]
+        accuracy = f"{100 * result['accuracy']:.2f}"
+        if show_std and result.get("accuracy_std"):
+            accuracy += f" ± {100 * result['accuracy_std']:.2f}"
+        lines.append("| " + " | ".join(cells + [accuracy]) + " |")
+    lines += ["", "| OOD set | Method | " + " | ".join(METRIC_TITLES[k] for k in keys) + " |",
+              "|---|---|" + "---|" * len(keys)]
+    for label in first["sets"]:
+        for method in methods:
+            values = results_by_method[method]["sets"][label]
+            lines.append(f"| {label} | {method} | "
+                         + " | ".join(_cell(values[k], show_std) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "evaluate_model",
+    "ood_results",
+    "predict_outputs",
+    "results_markdown",
+    "comparison_markdown",
+    "aggregate_runs",
+]

@@ -1,0 +1,108 @@
+"""Trains several methods with the same backbone and budget and compares them.
+
+  python scripts/compare.py --flagfile=flags/demo.flags
+  python scripts/compare.py --flagfile=flags/demo.flags --methods=ce,oe,energy,ice --seeds=1,2,3
+  python scripts/compare.py --flagfile=flags/demo.flags --methods= \\
+      --variant=ice_0.1:loss=ice,loss_weight=0.1 --variant=ice_1:loss=ice,loss_weight=1
+
+Every run goes to <output_dir>/<variant>/seed<k>/ (a normal run folder); the
+comparison (Table 1 style: mean over OOD sets and per set, with accuracy; mean ±
+std over seeds when several are given) is printed and written to
+<output_dir>/comparison.md and comparison.json. Runs whose results.json exists are
+reused, so an interrupted comparison resumes where it stopped (--rerun forces).
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+import experiment_flags  # noqa: E402
+from ice_tf import evaluation, experiment  # noqa: E402
+
+experiment_flags.define_flags()
+flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Loss names, each a variant with defaults.")
+flags.DEFINE_multi_string("variant", [], "label:key=value,key=value config overrides (repeatable).")
+flags.DEFINE_list("seeds", ["1"], "Seeds; each variant runs once per seed.")
+flags.DEFINE_multi_string(
+    "group", [], "name:label+label OOD-set groups for the summary (default: all sets together)."
+)
+flags.DEFINE_bool("rerun", False, "Retrain runs that already have results.json.")
+flags.register_validator("seeds", lambda s: s and all(x.lstrip("-").isdigit() for x in s),
+                         "--seeds must be a non-empty list of integers.")
+FLAGS = flags.FLAGS
+
+
+def parse_variants(methods, variant_specs):
+    variants = {method: {"loss": method} for method in methods}
+    for spec in variant_specs:
+        label, sep, overrides = spec.partition(":")
+        if not sep or not label:
+            raise app.UsageError(f"--variant={spec!r}: use label:key=value,key=value.")
+        variants[label] = experiment_flags.parse_overrides(overrides)
+    if not variants:
+        raise app.UsageError("nothing to compare: give --methods or --variant.")
+    return variants
+
+
+def parse_groups(specs):
+    groups = {}
+    for spec in specs:
+        name, sep, labels = spec.partition(":")
+        if not sep:
+            raise app.UsageError(f"--group={spec!r}: use name:label+label.")
+        groups[name] = labels.split("+")
+    return groups or None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    base = experiment_flags.config_from_flags(FLAGS)
+    variants = parse_variants(FLAGS.methods, FLAGS.variant)
+    seeds = [int(s) for s in FLAGS.seeds]
+    configs = {
+        (label, seed): base.replace(
+            **overrides, seed=seed,
+            output_dir=os.path.join(base.output_dir, label, f"seed{seed}"),
+        ).validate()
+        for label, overrides in variants.items()
+        for seed in seeds
+    }
+    if base.dry_run:
+        for (label, seed), config in configs.items():
+            print(f"{label} seed {seed}: dry run OK {experiment.dry_run(config)}")
+        return
+    results = {}
+    for index, ((label, seed), config) in enumerate(configs.items(), 1):
+        done = os.path.join(config.output_dir, experiment.RESULTS_FILE)
+        print(f"\n=== [{index}/{len(configs)}] {label}, seed {seed} -> {config.output_dir}")
+        if os.path.exists(done) and not FLAGS.rerun:
+            print("    finished earlier; reusing its results.json")
+            with open(done) as stream:
+                results.setdefault(label, []).append(json.load(stream))
+            continue
+        os.makedirs(config.output_dir, exist_ok=True)
+        experiment.write_atomic(
+            os.path.join(config.output_dir, "flags.txt"), experiment_flags.to_flagfile(config)
+        )
+        results.setdefault(label, []).append(experiment.run(config))
+    aggregated = {label: evaluation.aggregate_runs(runs) for label, runs in results.items()}
+    table = evaluation.comparison_markdown(aggregated, groups=parse_groups(FLAGS.group))
+    seeds_text = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+    header = (
+        f"In-distribution: {base.in_dataset}; backbone {base.backbone}; {base.epochs} epochs; "
+        f"protocol {base.protocol}; {seeds_text}. Percentages; higher is better except FPR95.\n\n"
+    )
+    experiment.write_atomic(os.path.join(base.output_dir, "comparison.md"), header + table)
+    experiment.write_atomic(
+        os.path.join(base.output_dir, "comparison.json"),
+        json.dumps({"runs": results, "aggregated": aggregated}, indent=2) + "\n",
+    )
+    print("\n" + header + table)
+
+
+if __name__ == "__main__":
+    app.run(main)

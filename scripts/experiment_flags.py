@@ -1,0 +1,152 @@
+"""absl flags for `ExperimentConfig`, shared by the scripts.
+
+One flag per config field (same name), so flag files, `config.json` and the
+Python API use the same vocabulary. `config_from_flags` turns parsed flags into
+the frozen config once; a validator rejects bad values at parse time with the
+config's own message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from absl import flags
+
+from ice_tf.config import ExperimentConfig
+
+HELP = {
+    "in_dataset": "In-distribution dataset (see ice_tf.data.names()).",
+    "outlier_dataset": "Auxiliary outlier dataset for OE/Energy/ICE (e.g. embedded_outliers, tiny_images, imagenet32).",
+    "outlier_path": "File or folder of a file-based outlier dataset (tiny_images .bin, .npy, image folder).",
+    "outlier_exclude_path": "Text file of outlier indices to skip (OE's 80mn_cifar_idxs.txt).",
+    "ood_datasets": "OOD test sets: [label=]dataset[@split][:path], comma separated.",
+    "data_dir": "TFDS data_dir holding prepared datasets.",
+    "download": "Let TFDS download missing datasets (needs internet).",
+    "limit_train": "Use only this many in-distribution training images (quick runs).",
+    "loss": "Training loss: ce, oe, energy, bce, ice, ice_minus.",
+    "loss_weight": "λ, the weight of the OOD terms; unset = the loss's default.",
+    "margin_in": "Energy loss m_in (CIFAR-10 -23, CIFAR-100 -27); unset = default.",
+    "margin_out": "Energy loss m_out; unset = default (-5).",
+    "head": "auto (Gaussian for ice/ice_minus, else linear), linear or gaussian.",
+    "score": "OOD score for evaluation; unset = the method's own (msp, energy, ice, ...).",
+    "backbone": "Backbone: wrn40_2, wrn34_10, densenet40_12, small_cnn.",
+    "dropout_rate": "Backbone dropout; unset = the backbone's default.",
+    "schedule": "scratch or finetune (from init_checkpoint).",
+    "init_checkpoint": "A .keras model to fine-tune from (finetune schedule).",
+    "epochs": "Training epochs (an epoch = one pass over the in-distribution set).",
+    "learning_rate": "Initial learning rate (cosine decay per step).",
+    "min_learning_rate": "Final learning rate of the cosine decay.",
+    "momentum": "SGD nesterov momentum.",
+    "weight_decay": "L2 weight decay (PyTorch convention).",
+    "batch_in": "In-distribution batch size.",
+    "batch_out": "Outlier batch size.",
+    "augment": "Random crop (pad 4) + horizontal flip for in-distribution images and outliers.",
+    "seed": "Random seed.",
+    "strategy": "auto (mirrored over several GPUs), default or mirrored.",
+    "mixed_precision": "mixed_float16 policy (the heads stay float32).",
+    "protocol": "Evaluation protocol: oe (ID test vs ID/5 OOD, 10 draws) or full.",
+    "eval_draws": "Draws of the oe protocol.",
+    "eval_batch_size": "Batch size for evaluation.",
+    "eval_limit": "Evaluate on at most this many images per set.",
+    "eval_split": "In-distribution evaluation split (val when choosing hyperparameters).",
+    "output_dir": "Run folder (created).",
+    "export": "Export a SavedModel after training.",
+    "dry_run": "Build data (mock) and model, run one step, write nothing.",
+}
+
+
+def _base_type(field_type):
+    args = [a for a in typing.get_args(field_type) if a is not type(None)]
+    return args[0] if typing.get_origin(field_type) is typing.Union else field_type
+
+
+def _field_types():
+    hints = typing.get_type_hints(ExperimentConfig)
+    return {field.name: _base_type(hints[field.name]) for field in dataclasses.fields(ExperimentConfig)}
+
+
+def define_flags(exclude=(), flag_values=flags.FLAGS):
+    """Defines one absl flag per ExperimentConfig field (except `exclude`)."""
+    types = _field_types()
+    for field in dataclasses.fields(ExperimentConfig):
+        if field.name in exclude:
+            continue
+        kind, default, help_text = types[field.name], field.default, HELP[field.name]
+        if kind is bool:
+            flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
+        elif kind is tuple:
+            flags.DEFINE_list(field.name, list(default), help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+
+    names = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in exclude]
+
+    def _valid(values):
+        try:
+            _config_from_values(values).validate()
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from None
+        return True
+
+    flags.register_multi_flags_validator(
+        names, _valid, message="invalid experiment flags", flag_values=flag_values
+    )
+
+
+def _config_from_values(values):
+    values = {k: v for k, v in values.items() if k in _field_types()}
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(v for v in value if v)
+        elif value == "" and key not in ("output_dir",):
+            values[key] = None
+    return ExperimentConfig.from_dict(values)
+
+
+def config_from_flags(flag_values=flags.FLAGS, **overrides):
+    """The frozen, validated config from parsed flags."""
+    names = _field_types()
+    values = {name: flag_values[name].value for name in names if name in flag_values}
+    return _config_from_values(values).replace(**overrides).validate()
+
+
+def to_flagfile(config):
+    """A flag file that re-runs `config` (absl syntax: no quoting, no trailing comments)."""
+    lines = []
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"--{key}" if value else f"--no{key}")
+        elif isinstance(value, (tuple, list)):
+            lines.append(f"--{key}={','.join(value)}")
+        else:
+            lines.append(f"--{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_overrides(text):
+    """'key=value,key=value' -> dict of typed config values (for --variant)."""
+    types = _field_types()
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or key not in types:
+            raise ValueError(
+                f"bad override {item!r}: use key=value with key one of {', '.join(sorted(types))}."
+            )
+        kind = types[key]
+        if raw in ("", "none", "None"):
+            overrides[key] = None
+        elif kind is bool:
+            overrides[key] = raw.lower() in ("1", "true", "yes")
+        elif kind is tuple:
+            overrides[key] = tuple(raw.split("+"))
+        else:
+            overrides[key] = kind(raw)
+    return overrides

@@ -1,0 +1,202 @@
+"""Datasets read from the user's own files: image folders, `.npy` arrays, 80M Tiny Images.
+
+These sets are not in TFDS (iSUN, LSUN-C, LSUN-R as distributed with ODIN; 300K Random Images;
+the withdrawn 80 Million Tiny Images), so the user passes their location as `path`. Every image
+is labelled -1. None of these files has splits: "train" and "test" both read all of it.
+
+Tiny Images format (the `tiny_images.bin` that Outlier Exposure reads): 79,302,017 records of
+3,072 bytes, one per 32x32 RGB image, with no header. Within a record the bytes are in
+column-major (Fortran) order of a (row, column, channel) array:
+
+    byte[channel * 1024 + column * 32 + row] = image[row, column, channel]
+
+i.e. `np.frombuffer(record, np.uint8).reshape(32, 32, 3, order="F")`. The exclusion list
+(Outlier Exposure's `80mn_cifar_idxs.txt`, the 132,416 Tiny Images that are also in CIFAR)
+holds one index per line, counted from 1; `TinyImagesSource` subtracts 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from ice_tf.data.sources import (
+    AUTOTUNE,
+    READ_BATCH,
+    Examples,
+    from_arrays,
+    label_gather,
+    permutation_stream,
+    row_gather,
+    subsample_indices,
+)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+TINY_IMAGE_SHAPE = (32, 32, 3)
+TINY_RECORD_BYTES = 32 * 32 * 3
+# Above this many usable rows (and with no limit), Tiny Images is sampled with replacement
+# instead of permuted: a permutation of 79M indices would need 0.6 GB on every pass.
+PERMUTATION_MAX_ROWS = 4_000_000
+
+
+def _require_path(options, dataset_name, what):
+    if not options.path:
+        raise ValueError(
+            f"Dataset {dataset_name!r} reads {what}: pass path=... to load/make_eval_dataset, "
+            "or outlier_path=... to make_train_dataset (scripts: the dataset's path flag)."
+        )
+    if not os.path.exists(options.path):
+        raise FileNotFoundError(f"Dataset {dataset_name!r}: {options.path!r} does not exist.")
+    return options.path
+
+
+def list_images(folder):
+    """Image files under `folder`, recursively, as sorted paths (a fixed order)."""
+    found = []
+    for root, _, files in os.walk(folder):
+        for file_name in files:
+            if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.join(root, file_name))
+    return sorted(found)
+
+
+class ImageFolderSource:
+    """Every image under a folder (png, jpg, bmp, gif), decoded as RGB, label -1.
+
+    Example: `load("image_folder", "test", path="/data/iSUN")`.
+    """
+
+    def open(self, split, options, *, dataset_name):
+        folder = _require_path(options, dataset_name, "a folder of images")
+        if not os.path.isdir(folder):
+            raise ValueError(f"Dataset {dataset_name!r}: {folder!r} is not a folder.")
+        files = list_images(folder)
+        if not files:
+            raise ValueError(
+                f"Dataset {dataset_name!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
+                f"under {folder!r}."
+            )
+        paths = tf.constant(files)
+        indices = subsample_indices(len(files), options.limit, options.seed)
+
+        def read(index):
+            data = tf.io.read_file(tf.gather(paths, index))
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            return tf.ensure_shape(image, (None, None, 3)), tf.constant(-1, tf.int64)
+
+        fixed = tf.data.Dataset.from_tensor_slices(indices).map(read, num_parallel_calls=AUTOTUNE)
+
+        def stream(seed):
+            return permutation_stream(indices, seed).map(read, num_parallel_calls=AUTOTUNE)
+
+        return Examples(fixed=fixed, num_examples=len(indices), stream_fn=stream)
+
+
+class NpySource:
+    """A `.npy` array of uint8 images, (N, H, W, C) or (N, H, W), memory-mapped; label -1.
+
+    Example: `load("npy", "train", path="300K_random_images.npy")`.
+    """
+
+    def open(self, split, options, *, dataset_name):
+        path = _require_path(options, dataset_name, "a .npy file of uint8 images")
+        images = np.load(path, mmap_mode="r")
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(
+                f"Dataset {dataset_name!r}: {path!r} holds {images.dtype} of shape "
+                f"{images.shape}; expected uint8 images (N, H, W, C) or (N, H, W)."
+            )
+        if images.ndim == 4 and images.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"Dataset {dataset_name!r}: images in {path!r} have {images.shape[-1]} channels; "
+                "expected 1 or 3 (channels last)."
+            )
+        indices = subsample_indices(len(images), options.limit, options.seed)
+        return from_arrays(images, None, indices=indices)
+
+
+def read_exclusions(path, num_rows):
+    """0-based sorted unique row indices from a file of 1-based indices, one per line."""
+    with open(path) as handle:
+        one_based = np.array([int(line) for line in handle if line.strip()], dtype=np.int64)
+    if one_based.size and one_based.min() < 1:
+        raise ValueError(f"{path!r}: indices are counted from 1; found {one_based.min()}.")
+    zero_based = np.unique(one_based - 1)
+    return zero_based[zero_based < num_rows]
+
+
+def tiny_images_reader(records):
+    """Reads records `(N, 3, 32, 32)` [image, channel, column, row] as (n, 32, 32, 3) images."""
+    return lambda indices: records[indices].transpose(0, 3, 2, 1)
+
+
+def _sample_allowed(num_rows, excluded, limit, seed):
+    """A seeded uniform subsample of `limit` rows that are not excluded, sorted."""
+    rng = np.random.default_rng(seed)
+    # Distinct draws in random order; at most len(excluded) of them can be dropped.
+    drawn = rng.choice(num_rows, size=min(num_rows, limit + len(excluded)), replace=False)
+    kept = drawn[~np.isin(drawn, excluded)][:limit]
+    return np.sort(kept).astype(np.int64)
+
+
+class TinyImagesSource:
+    """Outlier Exposure's 80M Tiny Images `.bin`, memory-mapped; label -1.
+
+    `exclude_index_path` names OE's `80mn_cifar_idxs.txt` (1-based indices) to skip.
+    Without `limit`, training draws images uniformly with replacement (the set is far larger
+    than any training run); with `limit`, a seeded subsample is permuted on every pass.
+
+    Example: `load("tiny_images", "train", path="tiny_images.bin", limit=300_000)`.
+    """
+
+    def open(self, split, options, *, dataset_name):
+        path = _require_path(options, dataset_name, "the 80M Tiny Images .bin file")
+        raw = np.memmap(path, dtype=np.uint8, mode="r")
+        if raw.size == 0 or raw.size % TINY_RECORD_BYTES:
+            raise ValueError(
+                f"Dataset {dataset_name!r}: {path!r} has {raw.size} bytes, not a positive "
+                f"multiple of {TINY_RECORD_BYTES} (one 32x32x3 image per record)."
+            )
+        num_rows = raw.size // TINY_RECORD_BYTES
+        records = raw.reshape(num_rows, 3, 32, 32)
+        excluded = np.zeros(0, np.int64)
+        if options.exclude_index_path:
+            excluded = read_exclusions(options.exclude_index_path, num_rows)
+        num_allowed = num_rows - len(excluded)
+        if options.limit is not None:
+            indices = _sample_allowed(num_rows, excluded, min(options.limit, num_allowed),
+                                      options.seed)
+        elif num_allowed <= PERMUTATION_MAX_ROWS:
+            indices = np.setdiff1d(np.arange(num_rows, dtype=np.int64), excluded)
+        else:
+            return _sampled_examples(records, excluded)
+        return from_arrays(records, None, indices=indices, reader=tiny_images_reader(records),
+                           image_shape=TINY_IMAGE_SHAPE)
+
+
+def _sampled_examples(records, excluded):
+    """All non-excluded rows in file order, and an infinite stream sampled with replacement."""
+    num_rows = len(records)
+    gather_images = row_gather(records, tiny_images_reader(records), TINY_IMAGE_SHAPE)
+    gather_labels = label_gather(None)
+    # A sentinel above every index lets searchsorted always land on a valid position.
+    excluded_sorted = tf.constant(np.append(excluded, np.iinfo(np.int64).max))
+
+    def drop_excluded(indices):
+        positions = tf.searchsorted(excluded_sorted, indices)
+        return tf.boolean_mask(indices, tf.gather(excluded_sorted, positions) != indices)
+
+    def read(indices):
+        indices = drop_excluded(indices)
+        return gather_images(indices), gather_labels(indices)
+
+    fixed = (tf.data.Dataset.range(num_rows).batch(READ_BATCH)
+             .map(read, num_parallel_calls=AUTOTUNE).unbatch())
+
+    def stream(seed):
+        draws = tf.data.Dataset.random(seed=seed).map(lambda r: tf.math.floormod(r, num_rows))
+        return draws.batch(READ_BATCH).map(read, num_parallel_calls=AUTOTUNE).unbatch()
+
+    return Examples(fixed=fixed, num_examples=num_rows - len(excluded), stream_fn=stream)

@@ -31,9 +31,14 @@ class GaussianLayer(keras.layers.Layer):
 
     Weights:
       means:      (K, d) class means m_i.
-      scale_raw:  (d, d) free matrix; its strictly-lower part is the strictly-lower
-                  part of L.
-      diag_raw:   (d,) with diag(L) = softplus(diag_raw) + 1e-5 > 0.
+      scale_raw:  (d, d) free matrix; its strictly-lower part N gives the shape of L.
+      diag_raw:   (d,) with s = softplus(diag_raw) + 1e-5 > 0.
+
+    L = (I + N) diag(s): lower triangular with diagonal s > 0. Off-diagonal entries are
+    stored relative to their column's scale, so their gradients do not grow as the
+    feature scale shrinks: with L's free entries stored directly, an SGD step of the
+    size that suits the diagonal of small-scale features (~0.03 after a GDA fit) made
+    L nearly singular at once and training diverged.
 
     h is computed without forming an inverse, with two triangular solves:
     A = L^{-1} Z^T and C = L^{-1} M^T, then h = -(|a|^2 - 2 a.c + |c|^2), clamped
@@ -93,11 +98,11 @@ class GaussianLayer(keras.layers.Layer):
 
     @property
     def scale_tril(self):
-        """L (d, d): lower triangular with a positive diagonal."""
+        """L = (I + N) diag(s) (d, d): lower triangular with a positive diagonal s."""
         raw = tf.convert_to_tensor(self.scale_raw)
         strictly_lower = tf.linalg.band_part(raw, -1, 0) - tf.linalg.band_part(raw, 0, 0)
         diagonal = tf.nn.softplus(tf.convert_to_tensor(self.diag_raw)) + _DIAG_SHIFT
-        return strictly_lower + tf.linalg.diag(diagonal)
+        return (strictly_lower + tf.eye(self.feature_dim)) * diagonal[None, :]
 
     def call(self, inputs):
         z = tf.cast(inputs, tf.float32)
@@ -114,7 +119,7 @@ class GaussianLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_classes,)
 
-    def initialize_from_features(self, features, labels):
+    def initialize_from_features(self, features, labels, ridge=1e-2):
         """Sets means and L to the Gaussian discriminant analysis estimate.
 
         m_i is the mean of the features of class i and L the Cholesky factor of the
@@ -125,12 +130,15 @@ class GaussianLayer(keras.layers.Layer):
         Args:
           features: (n, d) array of penultimate features.
           labels: (n,) integer labels in [0, K); every class must occur.
+          ridge: added to the covariance's diagonal, relative to the mean variance.
 
         Returns:
           self.
         """
         features = np.asarray(features, dtype=np.float64)
         labels = np.asarray(labels).reshape(-1)
+        if not ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {ridge!r}.")
         if features.ndim != 2:
             raise ValueError(f"features must have shape (n, d), got {features.shape}.")
         if features.shape[0] != labels.shape[0]:
@@ -154,13 +162,15 @@ class GaussianLayer(keras.layers.Layer):
         means = np.stack([features[labels == k].mean(axis=0) for k in range(self.num_classes)])
         centred = features - means[labels]
         covariance = centred.T @ centred / features.shape[0]
-        # A small ridge keeps the factor well defined when d > n or features are degenerate.
-        ridge = 1e-6 * max(float(np.trace(covariance)) / self.feature_dim, 1e-12)
-        scale = np.linalg.cholesky(covariance + ridge * np.eye(self.feature_dim))
-        diagonal = np.maximum(np.diag(scale), 2 * _DIAG_SHIFT) - _DIAG_SHIFT
+        # Ridge: `ridge` times the mean variance on the diagonal. Directions where the
+        # features barely vary (dead ReLU units, d > n) would otherwise get a near-zero
+        # scale, and training would blow up the first time a feature moves along them.
+        mean_variance = max(float(np.trace(covariance)) / self.feature_dim, 1e-12)
+        scale = np.linalg.cholesky(covariance + ridge * mean_variance * np.eye(self.feature_dim))
+        diagonal = np.maximum(np.diag(scale), 2 * _DIAG_SHIFT)
         self.means.assign(means.astype(np.float32))
-        self.scale_raw.assign(np.tril(scale, -1).astype(np.float32))
-        self.diag_raw.assign(_inverse_softplus(diagonal).astype(np.float32))
+        self.scale_raw.assign((np.tril(scale, -1) / diagonal[None, :]).astype(np.float32))
+        self.diag_raw.assign(_inverse_softplus(diagonal - _DIAG_SHIFT).astype(np.float32))
         return self
 
     def get_config(self):

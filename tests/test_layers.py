@@ -21,7 +21,7 @@ def _layer_with(means, scale):
     layer = layers.GaussianLayer(num_classes)
     layer.build((None, dim))
     layer.means.assign(means.astype("float32"))
-    layer.scale_raw.assign(np.tril(scale, -1).astype("float32"))
+    layer.scale_raw.assign((np.tril(scale, -1) / np.diag(scale)[None, :]).astype("float32"))
     diagonal = np.diag(scale) - 1e-5
     layer.diag_raw.assign((diagonal + np.log(-np.expm1(-diagonal))).astype("float32"))
     return layer
@@ -76,9 +76,13 @@ def test_h_and_gradients_match_float64_reference(num_classes, dim):
     ref_z, ref_means, ref_scale = reference_h_gradients(z, means, scale, upstream)
     assert _relative(grad_z.numpy(), ref_z) <= 1e-4
     assert _relative(grad_means.numpy(), ref_means) <= 1e-4
-    assert _relative(grad_scale_raw.numpy(), np.tril(ref_scale, -1)) <= 1e-4
+    # Chain rule through L = (I + N) diag(s), s = softplus(diag_raw) + 1e-5.
+    diagonal = np.diag(scale)
+    shape = np.tril(scale, -1) / diagonal[None, :]
+    assert _relative(grad_scale_raw.numpy(), np.tril(ref_scale, -1) * diagonal[None, :]) <= 1e-4
+    grad_diagonal = np.sum(ref_scale * (shape + np.eye(dim)), axis=0)
     diag_raw = layer.diag_raw.numpy().astype(np.float64)
-    ref_diag_raw = np.diag(ref_scale) / (1.0 + np.exp(-diag_raw))  # chain rule through softplus
+    ref_diag_raw = grad_diagonal / (1.0 + np.exp(-diag_raw))
     assert _relative(grad_diag_raw.numpy(), ref_diag_raw) <= 1e-4
     # Only the strictly-lower part of scale_raw is used.
     assert np.all(np.triu(grad_scale_raw.numpy()) == 0.0)
@@ -136,6 +140,7 @@ def test_initialize_from_features_is_the_gda_estimate():
     expected_means = np.stack([features[labels == k].mean(0) for k in range(num_classes)])
     centred = features - expected_means[labels]
     expected_cov = centred.T @ centred / n
+    expected_cov += 1e-2 * np.trace(expected_cov) / dim * np.eye(dim)  # the default ridge
     np.testing.assert_allclose(layer.means.numpy(), expected_means, rtol=1e-5, atol=1e-5)
     scale = layer.scale_tril.numpy().astype(np.float64)
     np.testing.assert_allclose(scale @ scale.T, expected_cov, rtol=1e-4, atol=1e-4)

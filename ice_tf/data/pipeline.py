@@ -76,9 +76,10 @@ def load(name, split, *, data_dir=None, path=None, download=False, limit=None, s
       >>> ds = load("cifar10", "test", data_dir="/data/tfds")
       >>> image, label = next(iter(ds))      # uint8 (32, 32, 3), int64
     """
-    return _open(name, split, data_dir=data_dir, path=path, download=download, limit=limit,
-                 seed=seed, exclude_index_path=exclude_index_path,
-                 image_shape=image_shape).fixed
+    examples = _open(name, split, data_dir=data_dir, path=path, download=download, limit=limit,
+                     seed=seed, exclude_index_path=exclude_index_path, image_shape=image_shape)
+    # A known length lets progress bars show how far an evaluation is.
+    return examples.fixed.apply(tf.data.experimental.assert_cardinality(examples.num_examples))
 
 
 def count(name, split, *, data_dir=None, path=None, download=False, limit=None, seed=0,
@@ -222,6 +223,11 @@ def _training_stream(examples, *, image_shape, mean, std, seed, stream, augment_
     return examples.stream(shuffle_seed).enumerate().map(to_input, num_parallel_calls=AUTOTUNE)
 
 
+def _image_only(image, label):
+    del label  # outliers are unlabelled
+    return image
+
+
 def make_train_dataset(in_name, outlier_name=None, *, image_shape, batch_in=128, batch_out=256,
                        seed=0, augment=True, data_dir=None, outlier_path=None,
                        outlier_exclude_index_path=None, download=False, in_split="train",
@@ -282,7 +288,7 @@ def make_train_dataset(in_name, outlier_name=None, *, image_shape, batch_in=128,
     if out_examples.num_examples == 0:
         raise ValueError(f"The outlier set {outlier_name!r} is empty.")
     out_batches = (_training_stream(out_examples, stream=1, flip=out_info.flip, **common)
-                   .map(lambda image, label: image)
+                   .map(_image_only)
                    .batch(batch_out, drop_remainder=True))
     return tf.data.Dataset.zip((in_batches, out_batches)).prefetch(AUTOTUNE), steps_per_epoch
 

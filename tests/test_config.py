@@ -1,0 +1,53 @@
+"""ExperimentConfig: derived values, validation and storage."""
+
+import pytest
+
+from ice_tf.config import ExperimentConfig, OODSetSpec
+
+
+def test_ood_set_specs():
+    assert OODSetSpec.parse("svhn") == OODSetSpec("svhn", "svhn", "test", None)
+    assert OODSetSpec.parse("embedded_outliers@val") == OODSetSpec(
+        "embedded_outliers@val", "embedded_outliers", "val", None
+    )
+    assert OODSetSpec.parse("isun=image_folder:/data/iSUN") == OODSetSpec(
+        "isun", "image_folder", "test", "/data/iSUN"
+    )
+    with pytest.raises(ValueError, match="names no dataset"):
+        OODSetSpec.parse("x=")
+
+
+def test_derived_values():
+    config = ExperimentConfig(loss="ice")
+    assert config.head_kind == "gaussian" and config.score_name == "ice"
+    config = ExperimentConfig(loss="energy", margin_in=-27.0, loss_weight=0.2)
+    assert config.head_kind == "linear" and config.score_name == "energy"
+    assert config.loss_kwargs() == {"weight": 0.2, "margin_in": -27.0}
+    assert ExperimentConfig(loss="oe", head="gaussian", score="ice").head_kind == "gaussian"
+
+
+def test_round_trip_through_json():
+    config = ExperimentConfig(loss="oe", ood_datasets=("svhn", "textures"), epochs=3)
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown config fields"):
+        ExperimentConfig.from_dict({"epochz": 3})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"loss": "focal"}, "choose one of: bce, ce, energy, ice, ice_minus, oe"),
+        ({"backbone": "vit"}, "densenet40_12, small_cnn, wrn34_10, wrn40_2"),
+        ({"in_dataset": "gaussian"}, "no labels"),
+        ({"outlier_dataset": None}, "needs outliers"),
+        ({"batch_in": 0}, "batch_in must be >= 1"),
+        ({"learning_rate": -0.1}, "learning_rate"),
+        ({"loss_weight": -1.0}, "lambda"),
+        ({"dropout_rate": 1.0}, "dropout_rate"),
+        ({"ood_datasets": ("svhn", "svhn")}, "unique"),
+        ({"protocol": "openood"}, "choose one of: oe, full"),
+    ],
+)
+def test_validation_messages_name_the_fix(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig(**changes).validate()

@@ -1,0 +1,98 @@
+"""End-to-end runs on the embedded benchmark at a tiny budget."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ice_tf import data, experiment
+from ice_tf.config import ExperimentConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = dict(
+    backbone="small_cnn", limit_train=256, batch_in=32, batch_out=64, epochs=1,
+    eval_limit=150, eval_draws=2, learning_rate=0.01,
+    ood_datasets=("mnist=embedded_mnist", "gaussian"),
+)
+
+
+def test_run_writes_a_complete_run_folder(tmp_path):
+    config = ExperimentConfig(loss="ice", output_dir=str(tmp_path / "run"), **TINY)
+    results = experiment.run(config, verbose=0)
+    files = set(os.listdir(tmp_path / "run"))
+    assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "model.keras",
+            "saved_model", "scores.npz", "results.json", "results.md"} <= files
+    assert json.load(open(tmp_path / "run" / "results.json")) == json.loads(json.dumps(results))
+    assert set(results["sets"]) == {"mnist", "gaussian"}
+    assert results["num_in"] == 150 and 0 <= results["accuracy"] <= 1
+    epochs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [e["epoch"] for e in epochs] == [1] and "out_term" in epochs[0]
+    assert ExperimentConfig.from_dict(json.load(open(tmp_path / "run" / "config.json"))) == config
+    loaded = tf.saved_model.load(str(tmp_path / "run" / "saved_model"))
+    served = loaded.signatures["serving_default"](images=tf.zeros((2, 28, 28, 1)))
+    assert np.all((served["confidence"].numpy() > 0) & (served["confidence"].numpy() <= 1))
+
+
+def test_a_diverging_run_leaves_no_results(tmp_path):
+    config = ExperimentConfig(
+        loss="oe", output_dir=str(tmp_path / "run"), **{**TINY, "learning_rate": 1e30}
+    )
+    with pytest.raises(FloatingPointError):
+        experiment.run(config, verbose=0)
+    assert not os.path.exists(tmp_path / "run" / "results.json")
+
+
+def test_finetune_replaces_a_linear_head_by_a_gaussian_one_fitted_to_features(tmp_path):
+    base = ExperimentConfig(loss="ce", output_dir=str(tmp_path / "base"), export=False, **TINY)
+    experiment.run(base, verbose=0)
+    pretrained = keras.models.load_model(tmp_path / "base" / "model.keras")
+    tuned = base.replace(
+        loss="ice", schedule="finetune", init_checkpoint=str(tmp_path / "base" / "model.keras"),
+    )
+    model = experiment.build(tuned, tf.distribute.get_strategy())
+    experiment.initialize_from_checkpoint(model, tuned, tuned.init_checkpoint)
+    for new, old in zip(model.backbone.weights, pretrained.backbone.weights):
+        np.testing.assert_array_equal(new.numpy(), old.numpy())
+    train = data.make_eval_dataset(
+        tuned.in_dataset, "train", image_shape=(28, 28, 1),
+        normalization=data.normalization(tuned.in_dataset), limit=tuned.limit_train,
+    )
+    features = np.concatenate([model.features(x).numpy() for x, _ in train])
+    labels = np.concatenate([y.numpy() for _, y in train])
+    class_means = np.stack([features[labels == k].mean(0) for k in range(10)])
+    np.testing.assert_allclose(model.head.means.numpy(), class_means, rtol=1e-4, atol=1e-5)
+
+
+def _script(name, *args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    completed = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", name), *args],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def test_train_evaluate_export_scripts(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_flags = [
+        "--flagfile=flags/demo.flags", "--loss=energy", f"--output_dir={run_dir}",
+        "--limit_train=128", "--batch_in=32", "--batch_out=64", "--epochs=1", "--eval_limit=100",
+        "--eval_draws=2", "--ood_datasets=gaussian,blobs", "--noexport",
+    ]
+    output = _script("train.py", *tiny_flags)
+    assert "| **mean** |" in output
+    flags_txt = (run_dir / "flags.txt").read_text()
+    assert "--loss=energy" in flags_txt and "--limit_train=128" in flags_txt
+    output = _script("evaluate.py", f"--model={run_dir}", "--scores=energy,msp",
+                     "--set=protocol=full")
+    evaluation = json.load(open(run_dir / "evaluation-full.json"))
+    assert set(evaluation) == {"energy", "msp"} and "Score `msp`" in output
+    _script("export.py", f"--model={run_dir / 'model.keras'}", f"--output={tmp_path / 'served'}")
+    assert (tmp_path / "served" / "saved_model.pb").exists()

@@ -241,11 +241,11 @@ class InDistributionCompatibleLoss(OODLoss):
     is clamped. Gradients: the outlier term only lowers the maximal h; the in-distribution
     terms only raise h_y and lower the other classes.
 
-    Default λ = 0.1; see BUILD.md for how it was chosen.
+    Default λ = 0.03, chosen on the embedded benchmark's validation split (BUILD.md).
     """
 
     term_names = ("ce", "in_term", "out_term")
-    default_weight = 0.1
+    default_weight = 0.03
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)

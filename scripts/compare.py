@@ -79,7 +79,7 @@ def main(argv):
         for (label, seed), config in configs.items():
             print(f"{label} seed {seed}: dry run OK {experiment.dry_run(config)}")
         return
-    results = {}
+    results, diverged = {}, {}
     for index, ((label, seed), config) in enumerate(configs.items(), 1):
         done = os.path.join(config.output_dir, experiment.RESULTS_FILE)
         print(f"\n=== [{index}/{len(configs)}] {label}, seed {seed} -> {config.output_dir}")
@@ -92,9 +92,18 @@ def main(argv):
         experiment.write_atomic(
             os.path.join(config.output_dir, "flags.txt"), experiment_flags.to_flagfile(config)
         )
-        results.setdefault(label, []).append(experiment.run(config))
-    aggregated = {label: evaluation.aggregate_runs(runs) for label, runs in results.items()}
+        results.setdefault(label, [])
+        try:
+            results[label].append(experiment.run(config))
+        except FloatingPointError as error:  # a diverged run is a result too
+            print(f"    {label}, seed {seed}: {error}")
+            diverged.setdefault(label, []).append(seed)
+    aggregated = {label: evaluation.aggregate_runs(runs) for label, runs in results.items() if runs}
     table = evaluation.comparison_markdown(aggregated, groups=parse_groups(FLAGS.group))
+    if diverged:
+        table += "\nDiverged (non-finite loss; no results): " + "; ".join(
+            f"{label} (seed {', '.join(map(str, seeds_))})" for label, seeds_ in diverged.items()
+        ) + ".\n"
     seeds_text = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
     header = (
         f"In-distribution: {base.in_dataset}; backbone {base.backbone}; {base.epochs} epochs; "
@@ -103,7 +112,8 @@ def main(argv):
     experiment.write_atomic(os.path.join(base.output_dir, "comparison.md"), header + table)
     experiment.write_atomic(
         os.path.join(base.output_dir, "comparison.json"),
-        json.dumps({"runs": results, "aggregated": aggregated}, indent=2) + "\n",
+        json.dumps({"runs": results, "aggregated": aggregated, "diverged": diverged}, indent=2)
+        + "\n",
     )
     print("\n" + header + table)
 

@@ -13,12 +13,11 @@ reused, so an interrupted comparison resumes where it stopped (--rerun forces).
 """
 
 import json
-import logging as std_logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
 from ice_tf import evaluation, experiment  # noqa: E402
@@ -59,9 +58,7 @@ def parse_groups(specs):
 
 
 def main(argv):
-    if not FLAGS['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel INFO lines
-        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    experiment_flags.quiet_tensorflow_logging(FLAGS)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     base = experiment_flags.config_from_flags(FLAGS)

@@ -12,13 +12,12 @@ written as JSON and markdown next to the model.
 """
 
 import json
-import logging as std_logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
@@ -54,9 +53,7 @@ def load_run(model_path):
 
 
 def main(argv):
-    if not FLAGS['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel INFO lines
-        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    experiment_flags.quiet_tensorflow_logging(FLAGS)
     del argv
     model, config, model_path = load_run(FLAGS.model)
     overrides = experiment_flags.parse_overrides(FLAGS.set)

@@ -9,9 +9,10 @@ config's own message.
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging
 import typing
 
-from absl import flags
+from absl import flags, logging
 
 from ice_tf.config import ExperimentConfig
 
@@ -150,3 +151,10 @@ def parse_overrides(text):
         else:
             overrides[key] = kind(raw)
     return overrides
+
+
+def quiet_tensorflow_logging(flag_values=flags.FLAGS):
+    """Hides TensorFlow's INFO lines (SavedModel writing) unless --verbosity was given."""
+    if not flag_values["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)

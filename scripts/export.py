@@ -7,13 +7,14 @@ The SavedModel's `serving_default` takes `images` and returns `probabilities`,
 and `outputs`; it loads with plain `tf.saved_model.load`.
 """
 
-import logging as std_logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import experiment_flags  # noqa: E402
 
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
 from ice_tf import export, scores  # noqa: E402
@@ -31,9 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if not FLAGS['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel INFO lines
-        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    experiment_flags.quiet_tensorflow_logging(FLAGS)
     del argv
     model = keras.models.load_model(FLAGS.model, compile=False)
     path = export.export_saved_model(model, FLAGS.output, score=FLAGS.score, overwrite=FLAGS.overwrite)

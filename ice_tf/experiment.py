@@ -70,7 +70,7 @@ class JsonLinesLogger(keras.callbacks.Callback):
 
 # ------------------------------------------------------------------ data
 @contextlib.contextmanager
-def _mock_sources(config):
+def _mock_sources():
     """For dry runs: TFDS returns mock data and file-based sets are not read."""
     import tensorflow_datasets as tfds
 
@@ -202,7 +202,7 @@ def dry_run(config):
     Returns a dict with the step's logs.
     """
     config = config.replace(dry_run=True).validate()
-    with _mock_sources(config):
+    with _mock_sources():
         keras.utils.set_random_seed(config.seed)
         strategy = distribute.get_strategy(config.strategy)
         batch_in, batch_out = min(config.batch_in, 4), min(config.batch_out, 8)

@@ -15,6 +15,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from ice_tf import detectors as detectors_lib
 from ice_tf import metrics as metrics_lib
 from ice_tf import scores as scores_lib
 
@@ -44,6 +45,33 @@ def predict_outputs(model, dataset, progbar=None):
     if not outputs:
         raise ValueError("the evaluation dataset is empty.")
     return np.concatenate(outputs), np.concatenate(labels)
+
+
+def detector_scores(detector, model, dataset, progbar=None):
+    """Scores (N,), head outputs (N, K) and labels (N,) of a `Detector` over a dataset."""
+    scores, outputs, labels = [], [], []
+    for images, batch_labels in dataset:
+        batch_scores, batch_outputs = detector.score(model, images)
+        scores.append(np.asarray(batch_scores))
+        outputs.append(np.asarray(batch_outputs, np.float32))
+        labels.append(np.asarray(batch_labels))
+        if progbar is not None:
+            progbar.add(1)
+    if not scores:
+        raise ValueError("the evaluation dataset is empty.")
+    return np.concatenate(scores), np.concatenate(outputs), np.concatenate(labels)
+
+
+def _as_detector(score):
+    """None for an output score (a name from `ice_tf.scores` or a function of the outputs),
+    else the post-hoc `Detector` (a name gets its defaults; unknown names list all)."""
+    if isinstance(score, detectors_lib.OutputScore):
+        return None
+    if isinstance(score, detectors_lib.Detector):
+        return score
+    if callable(score) or score in scores_lib.names():
+        return None
+    return detectors_lib.get(score)
 
 
 def _as_mean_std(values):
@@ -91,7 +119,9 @@ def evaluate_model(
       model: a Keras model returning head outputs (logits or h).
       in_dataset: tf.data of (images, labels), the in-distribution test set.
       ood_datasets: dict label -> tf.data of (images, labels) (labels ignored).
-      score: a name from `ice_tf.scores.names()` (higher = more in-distribution).
+      score: a name from `ice_tf.scores.names()` or a function of the outputs (higher =
+        more in-distribution), or an `ice_tf.detectors.Detector` (fitted where it needs
+        it); the names `odin` and `mahalanobis` give those detectors with defaults.
       protocol: "oe" or "full".
       num_draws: draws of the "oe" protocol.
       seed: seed of the "oe" protocol's draws.
@@ -102,18 +132,30 @@ def evaluate_model(
       dict with `score`, `protocol`, `accuracy`, `num_in`, `sets` (per OOD set) and
       `mean` (over sets); plus the raw scores when `return_scores`.
     """
-    score_fn = scores_lib.get(score)
+    detector = _as_detector(score)
+    if detector is None:
+        score_fn = score.fn if isinstance(score, detectors_lib.OutputScore) else scores_lib.get(score)
+    elif not detector.fitted:
+        raise ValueError(
+            f"the {detector.name} detector must be fitted first: detector.fit(model, train_dataset)."
+        )
     datasets = {"in-distribution": in_dataset, **ood_datasets}
     counts = [_num_batches(ds) for ds in datasets.values()]
     total = None if any(c is None for c in counts) else sum(counts)
     progbar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
 
-    outputs_in, labels_in = predict_outputs(model, in_dataset, progbar)
-    scores_in = np.asarray(score_fn(outputs_in))
+    if detector is None:
+        outputs_in, labels_in = predict_outputs(model, in_dataset, progbar)
+        scores_in = np.asarray(score_fn(outputs_in))
+    else:
+        scores_in, outputs_in, labels_in = detector_scores(detector, model, in_dataset, progbar)
     raw_scores = {"in": scores_in}
     for label, dataset in ood_datasets.items():
-        outputs_out, _ = predict_outputs(model, dataset, progbar)
-        raw_scores[label] = np.asarray(score_fn(outputs_out))
+        if detector is None:
+            outputs_out, _ = predict_outputs(model, dataset, progbar)
+            raw_scores[label] = np.asarray(score_fn(outputs_out))
+        else:
+            raw_scores[label] = detector_scores(detector, model, dataset, progbar)[0]
     per_set, mean = ood_results(
         scores_in,
         {label: raw_scores[label] for label in ood_datasets},
@@ -122,16 +164,26 @@ def evaluate_model(
         seed=seed,
     )
     results = {
-        "score": score if isinstance(score, str) else getattr(score, "__name__", "custom"),
+        "score": _score_name(score),
         "protocol": protocol,
         "accuracy": metrics_lib.accuracy(labels_in, outputs_in),
         "num_in": int(len(scores_in)),
         "sets": per_set,
         "mean": mean,
     }
+    if detector is not None and detector.options:
+        results["detector_options"] = detector.options
     if return_scores:
         return results, raw_scores
     return results
+
+
+def _score_name(score):
+    if isinstance(score, str):
+        return score
+    if isinstance(score, detectors_lib.Detector):
+        return score.name
+    return getattr(score, "__name__", "custom")
 
 
 def _cell(value, with_std):
@@ -242,6 +294,7 @@ __all__ = [
     "evaluate_model",
     "ood_results",
     "predict_outputs",
+    "detector_scores",
     "results_markdown",
     "comparison_markdown",
     "aggregate_runs",

@@ -3,12 +3,19 @@
   python scripts/evaluate.py --model=runs/ice
   python scripts/evaluate.py --model=runs/ice --scores=ice,msp,energy --set=protocol=full
   python scripts/evaluate.py --model=other.keras --set=in_dataset=cifar10,ood_datasets=svhn+textures
+  python scripts/evaluate.py --model=runs/demo/ce/seed1 --scores=msp,odin,mahalanobis
 
 `--model` is a run folder (its config.json gives the datasets and the score) or a
 .keras file (then the datasets come from the defaults and `--set`). `--set` takes
 config overrides key=value (lists joined with '+'). Reports per OOD set and the
 mean: AUROC, AUPR-In, AUPR-Out, FPR95 under both conventions, and accuracy;
 written as JSON and markdown next to the model.
+
+`--scores` also takes the post-hoc detectors `odin` (--odin_temperature,
+--odin_epsilon) and `mahalanobis` (--mahalanobis_epsilon). Mahalanobis statistics
+are fitted once on the run's training images and saved beside the model as
+mahalanobis_stats.npz, tied to the model file's hash; later evaluations reuse them
+and refit them when the model changed (or with --refit).
 """
 
 import json
@@ -21,17 +28,21 @@ from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import evaluation, experiment, scores  # noqa: E402
+from ice_tf import detectors, evaluation, experiment  # noqa: E402
 from ice_tf.config import ExperimentConfig  # noqa: E402
 
 flags.DEFINE_string("model", None, "A run folder (with model.keras and config.json) or a .keras file.")
-flags.DEFINE_list("scores", [], f"Scores to evaluate ({', '.join(scores.names())}); default: the run's.")
+flags.DEFINE_list("scores", [], f"Scores to evaluate ({', '.join(detectors.names())}); default: the run's.")
 flags.DEFINE_string("set", "", "Config overrides, key=value,key=value (lists joined with '+').")
 flags.DEFINE_string("output", None, "Output JSON path; default: evaluation-<protocol>.json beside the model.")
+flags.DEFINE_float("odin_temperature", 1000.0, "ODIN temperature T.")
+flags.DEFINE_float("odin_epsilon", 0.0014, "ODIN input noise ε, in [0, 1] pixel units.")
+flags.DEFINE_float("mahalanobis_epsilon", 0.0, "Mahalanobis input noise ε (the Energy code tunes it; e.g. 0.0014).")
+flags.DEFINE_bool("refit", False, "Refit saved Mahalanobis statistics even when they match the model.")
 flags.mark_flag_as_required("model")
 flags.register_validator(
-    "scores", lambda names: all(n in scores.names() for n in names),
-    f"--scores must be among {', '.join(scores.names())}.",
+    "scores", lambda names: all(n in detectors.names() for n in names),
+    f"--scores must be among {', '.join(detectors.names())}.",
 )
 FLAGS = flags.FLAGS
 
@@ -62,8 +73,15 @@ def main(argv):
     reports, all_results = [], {}
     for score in FLAGS.scores or [config.score_name]:
         print(f"Score {score}:")
+        detector = detectors.for_run(
+            score, config, model_path, odin_temperature=FLAGS.odin_temperature,
+            odin_epsilon=FLAGS.odin_epsilon, mahalanobis_epsilon=FLAGS.mahalanobis_epsilon,
+            refit=FLAGS.refit,
+        )
+        if detector.needs_fit:
+            detector.fit(model, detectors.train_dataset_for(config))
         results = evaluation.evaluate_model(
-            model, in_ds, ood_ds, score=score, protocol=config.protocol,
+            model, in_ds, ood_ds, score=detector, protocol=config.protocol,
             num_draws=config.eval_draws, seed=config.seed,
         )
         all_results[score] = results

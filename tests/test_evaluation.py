@@ -68,3 +68,53 @@ def test_aggregate_runs_and_comparison_table():
     assert "| oe | 70.00 |" in table
     report = evaluation.results_markdown(runs[0], title="x")
     assert "| **mean** | **80.00** |" in report
+
+
+def _detector_setup():
+    from ice_tf import models
+
+    rng = np.random.default_rng(2)
+    backbone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model = models.OODModel(backbone, keras.layers.Dense(2))
+    x_in = rng.normal(1, 1, (60, 4)).astype("float32")
+    labels = rng.integers(0, 2, 60).astype("int64")
+    x_out = rng.normal(-1, 2, (50, 4)).astype("float32")
+    in_ds = tf.data.Dataset.from_tensor_slices((x_in, labels)).batch(16)
+    out_ds = tf.data.Dataset.from_tensor_slices((x_out, -np.ones(50, "int64"))).batch(16)
+    return model, x_in, labels, x_out, in_ds, {"noise": out_ds}
+
+
+def test_evaluate_model_with_detectors_matches_metrics_on_their_scores():
+    from ice_tf import detectors
+
+    model, x_in, labels, x_out, in_ds, ood = _detector_setup()
+    mahalanobis = detectors.Mahalanobis(epsilon=0.01).fit(model, in_ds, verbose=0)
+    odin = detectors.ODIN(temperature=10.0, epsilon=0.01, std=0.5)
+    for detector in (odin, mahalanobis):
+        results, raw = evaluation.evaluate_model(
+            model, in_ds, ood, score=detector, protocol="full", verbose=0, return_scores=True)
+        expected_in = detector.score(model, x_in)[0].numpy()
+        expected_out = detector.score(model, x_out)[0].numpy()
+        np.testing.assert_allclose(raw["in"], expected_in, rtol=1e-6)
+        for key, value in metrics.ood_metrics(expected_in, expected_out).items():
+            assert results["mean"][key]["mean"] == pytest.approx(value, rel=1e-6)
+        assert results["score"] == detector.name and results["detector_options"]["epsilon"] == 0.01
+        assert results["accuracy"] == pytest.approx(metrics.accuracy(labels, model(x_in).numpy()))
+    # A wrapped output score gives exactly what its name gives.
+    by_name = evaluation.evaluate_model(model, in_ds, ood, score="energy", protocol="full", verbose=0)
+    wrapped = evaluation.evaluate_model(
+        model, in_ds, ood, score=detectors.get("energy"), protocol="full", verbose=0)
+    assert wrapped == by_name
+    # The name "odin" gives ODIN with its defaults (T = 1000, ε = 0.0014, std 1).
+    named = evaluation.evaluate_model(model, in_ds, ood, score="odin", protocol="full", verbose=0)
+    default = evaluation.evaluate_model(
+        model, in_ds, ood, score=detectors.ODIN(), protocol="full", verbose=0)
+    assert named == default
+
+
+def test_evaluate_model_rejects_unfitted_detectors_and_unknown_names():
+    model, _, _, _, in_ds, ood = _detector_setup()
+    with pytest.raises(ValueError, match="must be fitted first"):
+        evaluation.evaluate_model(model, in_ds, ood, score="mahalanobis", verbose=0)
+    with pytest.raises(ValueError, match="energy, ice, mahalanobis, max_logit, msp, odin"):
+        evaluation.evaluate_model(model, in_ds, ood, score="odn", verbose=0)

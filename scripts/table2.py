@@ -1,0 +1,165 @@
+"""The paper's Table 2: post-hoc detectors on a plain model next to outlier-trained methods.
+
+  python scripts/table2.py --runs_dir=runs/demo
+  python scripts/table2.py --plain=runs/ce --method=oe:runs/oe --method=energy:runs/energy \\
+      --method=ice:runs/ice --output_dir=runs
+
+Rows: MSP, ODIN and Mahalanobis on the plain (CE-trained) model, then each method's
+model with its own score (its config's `score`: MSP for OE, the energy score for
+Energy, max h for ICE). Columns: AUPR-In, AUROC and FPR95 (in-distribution
+positive), each the mean over the OOD sets of the run's config, and in-distribution
+accuracy; percentages. `--runs_dir` means <runs_dir>/{ce,oe,energy,ice}/seed<k>, the
+layout scripts/compare.py writes. Writes table2.md and table2.json into --output_dir
+(default: --runs_dir, else the plain run's parent folder). Mahalanobis statistics
+are fitted once and saved in the plain run (see scripts/evaluate.py).
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+import experiment_flags  # noqa: E402
+from ice_tf.config import ExperimentConfig  # noqa: E402
+
+# TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
+
+flags.DEFINE_string("runs_dir", None, "A compare.py folder: <runs_dir>/{ce,oe,energy,ice}/seed<seed>.")
+flags.DEFINE_integer("seed", 1, "With --runs_dir: which seed<k> folder to read.")
+flags.DEFINE_string("plain", None, "The plain (CE-trained) run folder; overrides <runs_dir>/ce.")
+flags.DEFINE_multi_string("method", [], "label:RUN_DIR of an outlier-trained method (repeatable).")
+flags.DEFINE_string("output_dir", None, "Where table2.md/json go; default: runs_dir or the plain run's parent.")
+flags.DEFINE_string("set", "", "Config overrides for every run, key=value,... (e.g. protocol=full).")
+flags.DEFINE_float("odin_temperature", 1000.0, "ODIN temperature T.")
+flags.DEFINE_float("odin_epsilon", 0.0014, "ODIN input noise ε, in [0, 1] pixel units.")
+flags.DEFINE_float("mahalanobis_epsilon", 0.0, "Mahalanobis input noise ε.")
+flags.DEFINE_bool("refit", False, "Refit saved Mahalanobis statistics even when they match the model.")
+FLAGS = flags.FLAGS
+
+METHODS = ("oe", "energy", "ice")
+POST_HOC = (("MSP", "msp"), ("ODIN", "odin"), ("Mahalanobis", "mahalanobis"))
+DISPLAY = {"oe": "OE", "energy": "Energy", "ice": "ICE", "bce": "BCE", "ice_minus": "ICE⁻", "ce": "Plain"}
+COLUMNS = (("aupr_in", "AUPR-In ↑"), ("auroc", "AUROC ↑"), ("fpr95", "FPR95 ↓"))
+
+
+def parse_runs(runs_dir, seed, plain, method_specs):
+    """(plain run folder, {label: run folder}) from --runs_dir, --plain and --method."""
+    methods = {}
+    if runs_dir:
+        plain = plain or os.path.join(runs_dir, "ce", f"seed{seed}")
+        methods = {m: os.path.join(runs_dir, m, f"seed{seed}") for m in METHODS}
+    for spec in method_specs:
+        label, sep, path = spec.partition(":")
+        if not sep or not label or not path:
+            raise app.UsageError(f"--method={spec!r}: use label:RUN_DIR.")
+        methods[label] = path
+    if not plain:
+        raise app.UsageError("give --runs_dir or --plain (the CE-trained run).")
+    for path in [plain, *methods.values()]:
+        for name in ("config.json", "model.keras"):
+            if not os.path.exists(os.path.join(path, name)):
+                raise app.UsageError(f"{path} is not a finished run folder (no {name}).")
+    return plain, methods
+
+
+def load_run(run_dir, overrides):
+    import keras
+
+    import ice_tf.models  # noqa: F401  (registers the custom classes for loading)
+
+    with open(os.path.join(run_dir, "config.json")) as stream:
+        config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
+    model_path = os.path.join(run_dir, "model.keras")
+    return keras.models.load_model(model_path, compile=False), config, model_path
+
+
+def describe(detector):
+    """The score and its hyperparameters, e.g. 'odin (T=1000, ε=0.0014)'."""
+    if detector.name == "odin":
+        return f"odin (T={detector.temperature:g}, ε={detector.epsilon:g})"
+    if detector.name == "mahalanobis":
+        return f"mahalanobis (ε={detector.epsilon:g})"
+    return detector.name
+
+
+def table_markdown(rows, header):
+    lines = [header, "", "| Method | Model | Score | " + " | ".join(t for _, t in COLUMNS)
+             + " | In-dist. accuracy ↑ |", "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    for row in rows:
+        cells = [row["method"], row["model"], row["score_text"],
+                 *(f"{100 * row[key]:.2f}" for key, _ in COLUMNS), f"{100 * row['accuracy']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    experiment_flags.quiet_tensorflow_logging(FLAGS)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    started = time.time()
+    plain, methods = parse_runs(FLAGS.runs_dir, FLAGS.seed, FLAGS.plain, FLAGS.method)
+    output_dir = FLAGS.output_dir or FLAGS.runs_dir or os.path.dirname(os.path.abspath(plain))
+    try:
+        overrides = experiment_flags.parse_overrides(FLAGS.set)
+    except ValueError as error:
+        raise app.UsageError(f"--set: {error}") from None
+    from ice_tf import detectors, evaluation, experiment
+    options = dict(odin_temperature=FLAGS.odin_temperature, odin_epsilon=FLAGS.odin_epsilon,
+                   mahalanobis_epsilon=FLAGS.mahalanobis_epsilon, refit=FLAGS.refit)
+    jobs = [(label, plain, score) for label, score in POST_HOC]
+    jobs += [(DISPLAY.get(label, label), path, None) for label, path in methods.items()]
+
+    rows, loaded, in_datasets, ood_labels = [], {}, set(), set()
+    for index, (label, run_dir, score) in enumerate(jobs, 1):
+        if run_dir not in loaded:
+            model, config, model_path = load_run(run_dir, overrides)
+            loaded = {run_dir: (model, config, model_path, experiment.make_eval_data(config))}
+        model, config, model_path, (in_ds, ood_ds) = loaded[run_dir]
+        in_datasets.add(config.in_dataset)
+        ood_labels.add(tuple(ood_ds))
+        detector = detectors.for_run(score or config.score_name, config, model_path, **options)
+        print(f"\n=== [{index}/{len(jobs)}] {label}: {describe(detector)} on {run_dir}")
+        if detector.needs_fit:
+            detector.fit(model, detectors.train_dataset_for(config))
+        results = evaluation.evaluate_model(
+            model, in_ds, ood_ds, score=detector, protocol=config.protocol,
+            num_draws=config.eval_draws, seed=config.seed,
+        )
+        rows.append({
+            "method": label,
+            "model": f"{DISPLAY.get(config.loss, config.loss)} ({config.head_kind} head)",
+            "run": run_dir,
+            "score": detector.name,
+            "score_text": describe(detector),
+            **{key: results["mean"][key]["mean"] for key, _ in COLUMNS},
+            "accuracy": results["accuracy"],
+            "results": results,
+        })
+    if len(in_datasets) > 1:
+        raise app.UsageError(f"the runs have different in-distribution sets: {sorted(in_datasets)}.")
+    sets_text = ", ".join(sorted(ood_labels)[0])
+    if len(ood_labels) > 1:
+        sets_text += " (the runs' OOD sets differ: each row averages over its run's own sets)"
+    header = (
+        f"In-distribution: {in_datasets.pop()}; OOD sets: {sets_text}; protocol {config.protocol}. "
+        "AUPR-In, AUROC and FPR95 are means over the OOD sets, in-distribution positive; "
+        "percentages. MSP, ODIN and Mahalanobis score the plain model; the other rows are "
+        "models trained with outliers, each scored its own way."
+    )
+    table = table_markdown(rows, header)
+    seconds = round(time.time() - started, 1)
+    experiment.write_atomic(os.path.join(output_dir, "table2.md"), table)
+    experiment.write_atomic(
+        os.path.join(output_dir, "table2.json"),
+        json.dumps({"header": header, "rows": rows, "options": options, "seconds": seconds}, indent=2)
+        + "\n",
+    )
+    print("\n" + table)
+    print(f"Written: {os.path.join(output_dir, 'table2.md')} ({seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main)

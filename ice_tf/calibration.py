@@ -1,0 +1,285 @@
+"""Calibration of an in-distribution confidence read as P(in-distribution).
+
+ICE's detector exp(max_i h_i(z)) ∈ (0, 1] (Eq. 0.11) is trained as a probability:
+Eq. (0.14) is the log loss -log exp(h_y) of an in-distribution sample and Eq. (0.13)
+the log loss -log(1 - exp(max h)) of an outlier, so the paper reads it as a
+"direct estimation of detection confidence". These functions measure how well a
+confidence c ∈ [0, 1] matches the observed in-distribution frequency on a labelled
+mixture of in-distribution (is_in = 1) and OOD (is_in = 0) samples.
+
+Binning (Naeini et al. 2015; Guo et al. 2017): `num_bins` equal-width bins on [0, 1]
+with edges k / num_bins. Bin k holds edges[k] <= c < edges[k + 1]; the LAST bin is
+closed, [edges[-2], 1], so c = 1 falls in it, and c = 0 falls in the first bin.
+(Guo et al.'s reference code uses (lo, hi] bins, which drop c = 0 altogether.)
+
+  ECE   = Σ_k (n_k / N) |freq_k - conf_k|    (weighted by bin counts; empty bins add 0)
+  MCE   = max over non-empty bins of |freq_k - conf_k|
+  Brier = mean_j (c_j - is_in_j)^2
+
+where conf_k is the mean confidence and freq_k the fraction of in-distribution
+samples in bin k. Pure numpy, float64.
+
+Example:
+  >>> import numpy as np
+  >>> c = np.array([0.1, 0.1, 0.9, 0.9]); y = np.array([0, 0, 1, 0])
+  >>> round(expected_calibration_error(c, y, num_bins=10), 4)  # (2*0.1 + 2*0.4) / 4
+  0.25
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+
+class ReliabilityBins(NamedTuple):
+    """Per-bin statistics of a reliability diagram (arrays of length num_bins).
+
+    `mean_confidence` and `frequency` are NaN for empty bins.
+    """
+
+    edges: np.ndarray            # (num_bins + 1,) bin edges, 0 ... 1
+    count: np.ndarray            # (num_bins,) samples per bin
+    count_in: np.ndarray         # (num_bins,) in-distribution samples per bin
+    mean_confidence: np.ndarray  # (num_bins,) mean confidence of the bin
+    frequency: np.ndarray        # (num_bins,) observed in-distribution frequency
+
+    def to_dict(self):
+        """JSON-ready lists (None for the NaNs of empty bins)."""
+        def listed(values):
+            return [None if np.isnan(v) else float(v) for v in values]
+
+        return {
+            "edges": [float(e) for e in self.edges],
+            "count": [int(n) for n in self.count],
+            "count_in": [int(n) for n in self.count_in],
+            "mean_confidence": listed(self.mean_confidence),
+            "frequency": listed(self.frequency),
+        }
+
+
+def _check_num_bins(num_bins):
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}.")
+    return int(num_bins)
+
+
+def validate(confidence, is_in):
+    """(confidence, is_in) as float64 arrays of shape (N,), N >= 1, or a ValueError.
+
+    confidence must be finite and in [0, 1]; is_in must hold only 0/1 (or booleans).
+    """
+    confidence = np.asarray(confidence)
+    is_in = np.asarray(is_in)
+    if confidence.ndim != 1 or is_in.ndim != 1:
+        raise ValueError(
+            f"confidence and is_in must be 1-D arrays, got shapes {confidence.shape} and {is_in.shape}."
+        )
+    if confidence.shape != is_in.shape:
+        raise ValueError(
+            f"confidence and is_in must have the same length, got {len(confidence)} and {len(is_in)}."
+        )
+    if confidence.size == 0:
+        raise ValueError("confidence and is_in are empty; calibration needs at least one sample.")
+    if not (np.issubdtype(confidence.dtype, np.number) or confidence.dtype == bool):
+        raise ValueError(f"confidence must be numeric, got dtype {confidence.dtype}.")
+    if not (np.issubdtype(is_in.dtype, np.number) or is_in.dtype == bool):
+        raise ValueError(f"is_in must be numeric or boolean, got dtype {is_in.dtype}.")
+    confidence = confidence.astype(np.float64)
+    is_in = is_in.astype(np.float64)
+    if not np.all(np.isfinite(confidence)):
+        raise ValueError("confidence contains NaN or infinite values.")
+    if confidence.min() < 0.0 or confidence.max() > 1.0:
+        raise ValueError(
+            f"confidence must lie in [0, 1], got values in [{confidence.min()}, {confidence.max()}]."
+        )
+    if not np.all((is_in == 0.0) | (is_in == 1.0)):
+        raise ValueError("is_in must hold only 0 (OOD) and 1 (in-distribution).")
+    return confidence, is_in
+
+
+def bin_edges(num_bins=15):
+    """Edges k / num_bins, k = 0..num_bins, each the correctly rounded quotient
+    (np.linspace's k * (1 / num_bins) misses some of them by an ulp)."""
+    num_bins = _check_num_bins(num_bins)
+    return np.arange(num_bins + 1) / num_bins
+
+
+def bin_index(confidence, num_bins=15):
+    """Bin of each confidence: k with edges[k] <= c < edges[k + 1]; c = 1 goes to the last bin."""
+    num_bins = _check_num_bins(num_bins)
+    edges = bin_edges(num_bins)
+    # searchsorted against the same edges array as the definition, so a value on an
+    # edge lands exactly where `edges[k] <= c` says (no c * num_bins rounding).
+    index = np.searchsorted(edges, np.asarray(confidence, np.float64), side="right") - 1
+    return np.clip(index, 0, num_bins - 1)
+
+
+def reliability_bins(confidence, is_in, num_bins=15):
+    """Per-bin count, mean confidence and observed in-distribution frequency."""
+    num_bins = _check_num_bins(num_bins)
+    confidence, is_in = validate(confidence, is_in)
+    index = bin_index(confidence, num_bins)
+    count = np.bincount(index, minlength=num_bins)
+    sum_confidence = np.bincount(index, weights=confidence, minlength=num_bins)
+    count_in = np.bincount(index, weights=is_in, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.where(count > 0, sum_confidence / count, np.nan)
+        frequency = np.where(count > 0, count_in / count, np.nan)
+    return ReliabilityBins(
+        edges=bin_edges(num_bins),
+        count=count.astype(np.int64),
+        count_in=np.rint(count_in).astype(np.int64),
+        mean_confidence=mean_confidence,
+        frequency=frequency,
+    )
+
+
+def _gaps(bins):
+    filled = bins.count > 0
+    return np.abs(bins.frequency[filled] - bins.mean_confidence[filled]), bins.count[filled]
+
+
+def expected_calibration_error(confidence, is_in, num_bins=15):
+    """ECE = Σ_k (n_k / N) |freq_k - conf_k| over equal-width bins (last bin closed)."""
+    gaps, counts = _gaps(reliability_bins(confidence, is_in, num_bins))
+    return float(np.sum(counts * gaps) / np.sum(counts))
+
+
+def maximum_calibration_error(confidence, is_in, num_bins=15):
+    """MCE = max over non-empty bins of |freq_k - conf_k|."""
+    gaps, _ = _gaps(reliability_bins(confidence, is_in, num_bins))
+    return float(gaps.max())
+
+
+def brier_score(confidence, is_in):
+    """Mean squared error of the confidence as a probability of is_in = 1."""
+    confidence, is_in = validate(confidence, is_in)
+    return float(np.mean((confidence - is_in) ** 2))
+
+
+def calibration_metrics(confidence, is_in, num_bins=15):
+    """ECE, MCE, Brier, sample counts, base rate and mean confidences (ID / OOD), as a dict."""
+    confidence, is_in = validate(confidence, is_in)
+    bins = reliability_bins(confidence, is_in, num_bins)
+    gaps, counts = _gaps(bins)
+    inside = is_in == 1.0
+
+    def mean_or_none(values):
+        return float(values.mean()) if values.size else None
+
+    return {
+        "ece": float(np.sum(counts * gaps) / np.sum(counts)),
+        "mce": float(gaps.max()),
+        "brier": float(np.mean((confidence - is_in) ** 2)),
+        "num_bins": int(len(bins.count)),
+        "num_samples": int(len(confidence)),
+        "num_in": int(inside.sum()),
+        "num_out": int((~inside).sum()),
+        "base_rate": float(inside.mean()),
+        "mean_confidence_in": mean_or_none(confidence[inside]),
+        "mean_confidence_out": mean_or_none(confidence[~inside]),
+    }
+
+
+# ------------------------------------------------------------- test mixtures
+def _split_evenly(total, capacities):
+    """Integers summing to `total`, as equal as the capacities allow (water-filling).
+
+    Sets with room share the remainder; leftover units go to the earliest sets.
+    """
+    capacities = np.asarray(capacities, np.int64)
+    shares = np.zeros_like(capacities)
+    remaining = int(total)
+    while remaining > 0:
+        open_sets = np.flatnonzero(shares < capacities)
+        if open_sets.size == 0:
+            raise ValueError(f"cannot place {total} samples in sets of sizes {capacities.tolist()}.")
+        room = capacities[open_sets] - shares[open_sets]
+        each = remaining // open_sets.size
+        if each == 0:  # fewer units than open sets: one each to the first ones
+            shares[open_sets[:remaining]] += 1
+            break
+        add = np.minimum(room, each)
+        shares[open_sets] += add
+        remaining -= int(add.sum())
+    return shares
+
+
+def mixture_indices(num_in, num_out_by_set, ood_fraction=0.5, seed=0):
+    """Which samples form the mixed in/out calibration set.
+
+    The largest mixture whose OOD fraction is `ood_fraction` (to rounding) using
+    at most every in-distribution sample and at most each OOD set: by default all
+    `num_in` in-distribution samples plus round(num_in · f / (1 - f)) OOD samples
+    split as evenly across the OOD sets as their sizes allow; when the OOD sets
+    together are too small, in-distribution samples are subsampled instead. Draws
+    are without replacement and fixed by `seed`; indices are sorted.
+
+    Args:
+      num_in: number of in-distribution samples available.
+      num_out_by_set: mapping label -> number of samples in that OOD set.
+      ood_fraction: f ∈ (0, 1), the share of OOD samples in the mixture (0.5: base rate 50%).
+      seed: seed of the draws.
+
+    Returns:
+      (in_indices, {label: out_indices}).
+    """
+    if not isinstance(num_out_by_set, Mapping) or not num_out_by_set:
+        raise ValueError("num_out_by_set must be a non-empty mapping label -> set size.")
+    if not 0.0 < float(ood_fraction) < 1.0:
+        raise ValueError(f"ood_fraction must lie strictly between 0 and 1, got {ood_fraction}.")
+    sizes = {label: int(n) for label, n in num_out_by_set.items()}
+    if int(num_in) < 1 or min(sizes.values()) < 0 or sum(sizes.values()) < 1:
+        raise ValueError(
+            f"need at least one in-distribution and one OOD sample, got {num_in} and {sizes}."
+        )
+    odds = ood_fraction / (1.0 - ood_fraction)
+    total_out = sum(sizes.values())
+    wanted_out = max(1, int(round(num_in * odds)))
+    if wanted_out <= total_out:
+        use_in, use_out = int(num_in), wanted_out
+    else:
+        use_out = total_out
+        use_in = min(int(num_in), max(1, int(round(total_out / odds))))
+    shares = _split_evenly(use_out, list(sizes.values()))
+    rng = np.random.default_rng(seed)
+
+    def draw(available, count):
+        if count == available:
+            return np.arange(available)
+        return np.sort(rng.choice(available, size=count, replace=False))
+
+    in_indices = draw(int(num_in), use_in)
+    out_indices = {label: draw(sizes[label], int(share)) for label, share in zip(sizes, shares)}
+    return in_indices, out_indices
+
+
+def mixture(confidence_in, confidence_out_by_set, ood_fraction=0.5, seed=0):
+    """(confidence, is_in) of the mixture that `mixture_indices` defines, ID samples first."""
+    confidence_in = np.asarray(confidence_in)
+    outs = {label: np.asarray(values) for label, values in confidence_out_by_set.items()}
+    in_indices, out_indices = mixture_indices(
+        len(confidence_in), {label: len(v) for label, v in outs.items()}, ood_fraction, seed
+    )
+    parts = [confidence_in[in_indices], *(outs[label][out_indices[label]] for label in outs)]
+    confidence = np.concatenate(parts).astype(np.float64)
+    is_in = np.zeros(len(confidence), np.int64)
+    is_in[: len(in_indices)] = 1
+    return confidence, is_in
+
+
+__all__ = [
+    "ReliabilityBins",
+    "validate",
+    "bin_edges",
+    "bin_index",
+    "reliability_bins",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "brier_score",
+    "calibration_metrics",
+    "mixture_indices",
+    "mixture",
+]

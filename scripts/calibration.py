@@ -1,0 +1,271 @@
+"""Calibration of each method's in-distribution confidence as P(in-distribution).
+
+  python scripts/calibration.py --runs_dir=runs/demo
+  python scripts/calibration.py --runs_dir=runs/demo --ood_fraction=0.2 --num_bins=10
+  python scripts/calibration.py --run=ice:runs/demo/ice/seed1 --run=oe:runs/demo/oe/seed1 \\
+      --output=runs/demo/calibration-ice-oe.png
+
+`--runs_dir` reads `<runs_dir>/<method>/seed<seed>` for each of `--methods` (the layout
+scripts/compare.py writes); `--run=label:folder` (repeatable) names run folders
+directly. The confidence is `ice_tf.scores.confidence`: exp(max h) for a Gaussian
+head (ICE, Eq. 0.11), max softmax for a linear head.
+
+The mixed test set: every in-distribution test image (is_in = 1) plus
+round(N_in · f / (1 - f)) OOD test images (is_in = 0), f = --ood_fraction
+(default 0.5, a base rate of 50%), drawn without replacement as evenly across the
+run's OOD sets as their sizes allow, fixed by --mixture_seed; if the OOD sets are
+too small, in-distribution images are subsampled instead. Per OOD set the same
+rule mixes the in-distribution images with that set alone. All runs with the same
+evaluation data get the same images.
+
+Writes (atomically) a markdown table and JSON (ECE, MCE, Brier, mean confidences,
+per-OOD-set ECE, reliability bins) beside the reliability diagram at --output
+(default <runs_dir>/calibration.png): calibration.md and calibration.json.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # files only; no display needed
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+
+import experiment_flags  # noqa: E402
+import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
+from ice_tf import calibration, evaluation, experiment, scores  # noqa: E402
+from ice_tf.config import ExperimentConfig  # noqa: E402
+
+CREATE_RUNS = "python scripts/compare.py --flagfile=flags/demo.flags"
+
+flags.DEFINE_string("runs_dir", None, "A comparison folder holding <method>/seed<seed> run folders.")
+flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Method folders read under --runs_dir.")
+flags.DEFINE_integer("seed", 1, "Which seed<k> folder to read under --runs_dir.")
+flags.DEFINE_multi_string("run", [], "label:run_folder (repeatable); used instead of --runs_dir.")
+flags.DEFINE_float("ood_fraction", 0.5, "Share of OOD images in the mixed test set, in (0, 1).")
+flags.DEFINE_integer("num_bins", 15, "Equal-width confidence bins on [0, 1].", lower_bound=1)
+flags.DEFINE_integer("mixture_seed", 0, "Seed of the OOD (and, if needed, ID) image draws.")
+flags.DEFINE_string("set", "", "Config overrides for every run, key=value (e.g. eval_limit=500).")
+flags.DEFINE_string("output", None, "Reliability diagram PNG; default <runs_dir>/calibration.png. "
+                    "The .md and .json go beside it with the same stem.")
+flags.register_validator("ood_fraction", lambda f: 0.0 < f < 1.0,
+                         "--ood_fraction must lie strictly between 0 and 1.")
+FLAGS = flags.FLAGS
+
+CONFIDENCE_NAMES = {True: "exp(max h)", False: "max softmax"}
+
+
+# ------------------------------------------------------------------ runs
+def run_folders(runs_dir, methods, seed, run_specs):
+    """{label: folder} from --run specs, or from --runs_dir/<method>/seed<seed>."""
+    if run_specs:
+        folders = {}
+        for spec in run_specs:
+            label, sep, folder = spec.partition(":")
+            if not sep or not label or not folder:
+                raise app.UsageError(f"--run={spec!r}: use label:run_folder.")
+            folders[label] = folder
+    elif runs_dir:
+        if not methods:
+            raise app.UsageError("--methods is empty: name the method folders under --runs_dir.")
+        folders = {method: os.path.join(runs_dir, method, f"seed{seed}") for method in methods}
+    else:
+        raise app.UsageError("give --runs_dir (e.g. runs/demo) or at least one --run=label:folder.")
+    missing = [
+        folder for folder in folders.values()
+        if not all(os.path.exists(os.path.join(folder, name)) for name in ("model.keras", "config.json"))
+    ]
+    if missing:
+        command = CREATE_RUNS
+        if runs_dir and not run_specs and os.path.normpath(runs_dir) != os.path.normpath("runs/demo"):
+            command += f" --output_dir={runs_dir}"
+        raise app.UsageError(
+            f"no finished run (model.keras + config.json) in {', '.join(missing)}; "
+            f"create the runs with `{command}`."
+        )
+    return folders
+
+
+def load_run(folder, overrides):
+    with open(os.path.join(folder, "config.json")) as stream:
+        config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
+    model = keras.models.load_model(os.path.join(folder, "model.keras"), compile=False)
+    return model, config
+
+
+def _eval_data_key(config):
+    return (config.in_dataset, config.eval_split, tuple(config.ood_datasets), config.eval_limit,
+            config.eval_batch_size, config.seed, config.data_dir)
+
+
+def model_confidences(model, in_ds, ood_ds, label):
+    """Confidence in [0, 1] (float64) on the in-distribution set and each OOD set."""
+    datasets = {"in": in_ds, **ood_ds}
+    counts = [int(tf.data.experimental.cardinality(ds)) for ds in datasets.values()]
+    progbar = keras.utils.Progbar(None if min(counts) < 0 else sum(counts), unit_name="batch")
+    print(f"{label}: {CONFIDENCE_NAMES[model.gaussian_head]} on {len(datasets)} sets")
+    confidences = {}
+    for name, dataset in datasets.items():
+        outputs, _ = evaluation.predict_outputs(model, dataset, progbar)
+        values = np.asarray(scores.confidence(outputs, model.gaussian_head), np.float64)
+        # float32 softmax/exp may overshoot 1 by an ulp; anything more is a bug.
+        if not np.all(np.isfinite(values)) or values.min() < -1e-6 or values.max() > 1 + 1e-6:
+            raise ValueError(f"{label}: confidence outside [0, 1] on {name}.")
+        confidences[name] = np.clip(values, 0.0, 1.0)
+    return confidences.pop("in"), confidences
+
+
+def calibrate(confidence_in, confidence_out, ood_fraction, num_bins, seed):
+    """Metrics and bins on the mixture of all OOD sets, and ECE etc. per OOD set."""
+    confidence, is_in = calibration.mixture(confidence_in, confidence_out, ood_fraction, seed)
+    result = calibration.calibration_metrics(confidence, is_in, num_bins)
+    result["bins"] = calibration.reliability_bins(confidence, is_in, num_bins).to_dict()
+    in_indices, out_indices = calibration.mixture_indices(
+        len(confidence_in), {k: len(v) for k, v in confidence_out.items()}, ood_fraction, seed
+    )
+    result["num_out_by_set"] = {k: int(len(v)) for k, v in out_indices.items()}
+    result["sets"] = {}
+    for label, values in confidence_out.items():
+        c, y = calibration.mixture(confidence_in, {label: values}, ood_fraction, seed)
+        result["sets"][label] = calibration.calibration_metrics(c, y, num_bins)
+    return result
+
+
+# --------------------------------------------------------------- reports
+def _pct(value):
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def markdown(results, settings):
+    labels = []
+    for result in results.values():
+        labels += [label for label in result["sets"] if label not in labels]
+    first = next(iter(results.values()))
+    mix = ", ".join(f"{label} {n}" for label, n in first["num_out_by_set"].items())
+    lines = [
+        f"In-distribution confidence as P(in-distribution): {first['num_in']} in-distribution "
+        f"test images + {first['num_out']} OOD test images ({mix}; OOD fraction "
+        f"{settings['ood_fraction']:g}, mixture seed {settings['mixture_seed']}); "
+        f"{settings['num_bins']} equal-width bins, last bin closed. ECE, MCE and mean confidences "
+        "in percent, Brier score as a fraction; lower ECE/MCE/Brier is better. Per OOD set: ECE "
+        "on the in-distribution images mixed with that set alone at the same OOD fraction.",
+        "",
+    ]
+    header = ["Method", "Confidence", "ECE", "MCE", "Brier", "Mean conf. ID", "Mean conf. OOD",
+              *(f"ECE {label}" for label in labels)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, result in results.items():
+        cells = [method, result["confidence"], _pct(result["ece"]), _pct(result["mce"]),
+                 f"{result['brier']:.4f}", _pct(result["mean_confidence_in"]),
+                 _pct(result["mean_confidence_out"])]
+        cells += [_pct(result["sets"][label]["ece"]) if label in result["sets"] else "–"
+                  for label in labels]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reliability_figure(results):
+    """One column per method: reliability bars vs the diagonal over a histogram of confidences."""
+    methods = list(results)
+    figure, axes = plt.subplots(
+        2, len(methods), figsize=(3.2 * len(methods), 5.4), squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1.3]}, sharex=True,
+    )
+    for column, method in enumerate(methods):
+        result = results[method]
+        bins = result["bins"]
+        edges = np.asarray(bins["edges"])
+        width = np.diff(edges)
+        frequency = np.array([np.nan if f is None else f for f in bins["frequency"]])
+        confidence = np.array([np.nan if c is None else c for c in bins["mean_confidence"]])
+        filled = ~np.isnan(frequency)
+        top, bottom = axes[0, column], axes[1, column]
+        top.bar(edges[:-1][filled], frequency[filled], width=width[filled], align="edge",
+                color="tab:blue", edgecolor="white", label="observed ID frequency")
+        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+        # Perfect calibration puts each bar's top on its red mark; the gap is the bin's error.
+        centres = (edges[:-1] + width / 2)[filled]
+        top.plot(centres, confidence[filled], "_", color="tab:red", markersize=9, mew=2,
+                 label="bin mean confidence")
+        top.set(xlim=(0, 1), ylim=(0, 1),
+                title=f"{method}: {result['confidence']}\nECE {_pct(result['ece'])}%")
+        if column == 0:
+            top.set_ylabel("fraction in-distribution")
+            top.legend(loc="upper left", fontsize=7)
+        count = np.asarray(bins["count"], float)
+        count_in = np.asarray(bins["count_in"], float)
+        bottom.bar(edges[:-1], count_in, width=width, align="edge", color="tab:green", label="ID")
+        bottom.bar(edges[:-1], count - count_in, width=width, align="edge", bottom=count_in,
+                   color="tab:orange", label="OOD")
+        bottom.set_yscale("symlog", linthresh=1)
+        bottom.set_xlabel("confidence")
+        if column == 0:
+            bottom.set_ylabel("images")
+            bottom.legend(loc="upper center", fontsize=7, ncol=2)
+    figure.tight_layout()
+    return figure
+
+
+def save_figure_atomic(figure, path):
+    """PNG through a temporary file + os.replace, so a failed write leaves no half image."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            figure.savefig(stream, format="png", dpi=120)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    finally:
+        plt.close(figure)
+
+
+def main(argv):
+    experiment_flags.quiet_tensorflow_logging(FLAGS)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    started = time.time()
+    folders = run_folders(FLAGS.runs_dir, FLAGS.methods, FLAGS.seed, FLAGS.run)
+    output = FLAGS.output or (FLAGS.runs_dir and os.path.join(FLAGS.runs_dir, "calibration.png"))
+    if not output:
+        raise app.UsageError("--output is required with --run (no --runs_dir to write into).")
+    if not output.endswith(".png"):
+        raise app.UsageError(f"--output={output} must be a .png path.")
+    overrides = experiment_flags.parse_overrides(FLAGS.set)
+    settings = {"ood_fraction": FLAGS.ood_fraction, "num_bins": FLAGS.num_bins,
+                "mixture_seed": FLAGS.mixture_seed}
+    eval_data, results = {}, {}
+    for label, folder in folders.items():
+        model, config = load_run(folder, overrides)
+        key = _eval_data_key(config)
+        if key not in eval_data:  # runs of one comparison share their evaluation pipelines
+            eval_data[key] = experiment.make_eval_data(config)
+        confidence_in, confidence_out = model_confidences(model, *eval_data[key], label)
+        result = calibrate(confidence_in, confidence_out, FLAGS.ood_fraction, FLAGS.num_bins,
+                           FLAGS.mixture_seed)
+        results[label] = {"run": folder, "loss": config.loss, "head": config.head_kind,
+                          "in_dataset": config.in_dataset,
+                          "confidence": CONFIDENCE_NAMES[model.gaussian_head], **result}
+    table = markdown(results, settings)
+    stem = os.path.splitext(output)[0]
+    save_figure_atomic(reliability_figure(results), output)
+    experiment.write_atomic(stem + ".json", json.dumps({**settings, "methods": results}, indent=2) + "\n")
+    experiment.write_atomic(stem + ".md", table)
+    print("\n" + table)
+    print(f"Written: {output}, {stem}.md, {stem}.json ({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -28,6 +28,8 @@ DEFAULT_SCORES = {
 SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
 HEAD_CHOICES = ("auto", "linear", "gaussian")
+# Training-time analyses recorded by ice_tf.callbacks (docs/analyses.md).
+ANALYSES = ("gradient_meter", "shift", "confidence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,9 @@ class ExperimentConfig:
     eval_batch_size: int = 500
     eval_limit: Optional[int] = None
     eval_split: str = "test"  # "val" when choosing hyperparameters
+    # Training-time analyses (ice_tf.callbacks; docs/analyses.md).
+    analyses: tuple = ()  # of ANALYSES: gradient_meter, shift, confidence
+    analysis_probe_size: int = 256  # images per probe set
     # Output.
     output_dir: str = "runs/default"
     export: bool = True
@@ -167,7 +172,16 @@ class ExperimentConfig:
             choose(f"OOD set {spec.label!r}", spec.dataset, data.names())
         if len({spec.label for spec in self.ood_set_specs}) != len(self.ood_set_specs):
             raise ValueError("OOD set labels must be unique.")
-        for field in ("epochs", "batch_in", "batch_out", "eval_draws", "eval_batch_size"):
+        for name in self.analyses:
+            choose("analyses", name, ANALYSES)
+        if len(set(self.analyses)) != len(self.analyses):
+            raise ValueError(f"analyses must not repeat a name; got {', '.join(self.analyses)}.")
+        if {"gradient_meter", "shift"} & set(self.analyses) and not self.outlier_dataset:
+            raise ValueError("analyses gradient_meter and shift probe outliers: set outlier_dataset.")
+        if "confidence" in self.analyses and not self.ood_datasets:
+            raise ValueError("analysis confidence probes the OOD sets: set ood_datasets.")
+        for field in ("epochs", "batch_in", "batch_out", "eval_draws", "eval_batch_size",
+                      "analysis_probe_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}.")
         for field in ("limit_train", "eval_limit"):
@@ -204,12 +218,13 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown config fields: {sorted(unknown)}.")
         values = dict(values)
-        if "ood_datasets" in values:
-            values["ood_datasets"] = tuple(values["ood_datasets"])
+        for field in ("ood_datasets", "analyses"):
+            if field in values:
+                values[field] = tuple(values[field])
         return cls(**values)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["ExperimentConfig", "OODSetSpec", "DEFAULT_SCORES", "SCHEDULES", "PROTOCOLS"]
+__all__ = ["ExperimentConfig", "OODSetSpec", "DEFAULT_SCORES", "SCHEDULES", "PROTOCOLS", "ANALYSES"]

@@ -51,6 +51,9 @@ HELP = {
     "eval_batch_size": "Batch size for evaluation.",
     "eval_limit": "Evaluate on at most this many images per set.",
     "eval_split": "In-distribution evaluation split (val when choosing hyperparameters).",
+    "analyses": "Training-time analyses recorded each epoch under <output_dir>/analysis/: "
+                "gradient_meter, shift, confidence (comma separated; docs/analyses.md).",
+    "analysis_probe_size": "Images per probe set of the analyses.",
     "output_dir": "Run folder (created).",
     "export": "Export a SavedModel after training.",
     "dry_run": "Build data (mock) and model, run one step, write nothing.",

@@ -68,6 +68,7 @@ class GaussianLayer(keras.layers.Layer):
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
         self.num_classes = int(num_classes)
+        self.scale_factor = 1.0  # set by initialize_from_features(calibrate_scale=True)
         self.means_initializer = keras.initializers.get(means_initializer)
 
     def build(self, input_shape):
@@ -119,7 +120,7 @@ class GaussianLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_classes,)
 
-    def initialize_from_features(self, features, labels, ridge=1e-2):
+    def initialize_from_features(self, features, labels, ridge=1e-2, calibrate_scale=False):
         """Sets means and L to the Gaussian discriminant analysis estimate.
 
         m_i is the mean of the features of class i and L the Cholesky factor of the
@@ -127,10 +128,17 @@ class GaussianLayer(keras.layers.Layer):
         Mahalanobis detector. Used when a pretrained linear head is replaced by
         this layer (the fine-tune schedule).
 
+        With `calibrate_scale`, L is then multiplied by the scalar c that minimises the
+        cross-entropy of softmax(h) (Eqs. 0.11-0.12) on these features: h scales as
+        1/c^2, so this is a temperature fit. The GDA fit alone makes h about -d for
+        a sample's own class and far lower for the others; CE on logits that large has
+        steep gradients, and fine-tuning from it diverged.
+
         Args:
           features: (n, d) array of penultimate features.
           labels: (n,) integer labels in [0, K); every class must occur.
           ridge: added to the covariance's diagonal, relative to the mean variance.
+          calibrate_scale: also fit the scalar scale of L by cross-entropy.
 
         Returns:
           self.
@@ -167,6 +175,10 @@ class GaussianLayer(keras.layers.Layer):
         # scale, and training would blow up the first time a feature moves along them.
         mean_variance = max(float(np.trace(covariance)) / self.feature_dim, 1e-12)
         scale = np.linalg.cholesky(covariance + ridge * mean_variance * np.eye(self.feature_dim))
+        self.scale_factor = 1.0
+        if calibrate_scale:
+            self.scale_factor = cross_entropy_scale(features, labels, means, scale)
+            scale = scale * self.scale_factor
         diagonal = np.maximum(np.diag(scale), 2 * _DIAG_SHIFT)
         self.means.assign(means.astype(np.float32))
         self.scale_raw.assign((np.tril(scale, -1) / diagonal[None, :]).astype(np.float32))
@@ -180,6 +192,32 @@ class GaussianLayer(keras.layers.Layer):
             means_initializer=keras.initializers.serialize(self.means_initializer),
         )
         return config
+
+
+def cross_entropy_scale(features, labels, means, scale_tril):
+    """The c > 0 minimising mean CE(softmax(h / c^2), y), h = -(z - m)^T (L L^T)^-1 (z - m).
+
+    Float64 numpy. CE(t) with t = 1/c^2 is convex (a log-sum-exp of terms linear in
+    t plus a linear term), so a bounded scalar search over log t finds its minimum.
+    """
+    from scipy import linalg, optimize
+
+    whitened = linalg.solve_triangular(scale_tril, features.T, lower=True)
+    whitened_means = linalg.solve_triangular(scale_tril, means.T, lower=True)
+    distances = (np.sum(whitened**2, axis=0)[:, None] - 2.0 * whitened.T @ whitened_means
+                 + np.sum(whitened_means**2, axis=0)[None, :])
+    distances = np.maximum(distances, 0.0)
+    own = distances[np.arange(len(labels)), labels]
+
+    def cross_entropy(log_t):
+        t = np.exp(log_t)
+        logits = -t * distances
+        peak = logits.max(axis=1)
+        log_normaliser = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
+        return float(np.mean(log_normaliser + t * own))
+
+    result = optimize.minimize_scalar(cross_entropy, bounds=(np.log(1e-6), np.log(1e2)), method="bounded")
+    return float(np.exp(-0.5 * result.x))
 
 
 def _validate_labels(labels, num_classes):
@@ -227,4 +265,4 @@ def is_gaussian_head(layer):
     return isinstance(layer, GaussianLayer)
 
 
-__all__ = ["GaussianLayer", "HEADS", "make_head", "is_gaussian_head"]
+__all__ = ["GaussianLayer", "HEADS", "make_head", "is_gaussian_head", "cross_entropy_scale"]

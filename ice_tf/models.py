@@ -26,7 +26,7 @@ from ice_tf import layers as layers_lib
 from ice_tf import losses as losses_lib
 
 
-def _unpack(data):
+def unpack_batch(data):
     """((x, y), x_out) -> (x, y, x_out); (x, y) -> (x, y, None)."""
     if isinstance(data, (tuple, list)) and len(data) == 1:
         data = data[0]  # fit(x=((x, y), x_out)) with arrays arrives wrapped in a 1-tuple.
@@ -180,7 +180,7 @@ class OODModel(keras.Model):
     def _forward_and_loss(self, data, training):
         if self.ood_loss is None:
             raise RuntimeError("compile the model with a loss before training or evaluating it.")
-        images, labels, outliers = _unpack(data)
+        images, labels, outliers = unpack_batch(data)
         if not self.ood_loss.uses_outliers:
             outliers = None  # plain training never looks at the outliers.
         num_in = tf.shape(images)[0]
@@ -205,8 +205,9 @@ class OODModel(keras.Model):
         with tf.GradientTape() as tape:
             labels, outputs_in, terms, loss = self._forward_and_loss(data, training=True)
             objective = loss
-            if self.weight_decay:
-                penalty = tf.add_n([tf.reduce_sum(tf.square(v)) for v in self._decayed_variables()])
+            decayed = self._decayed_variables()
+            if self.weight_decay and decayed:  # nothing to decay when only the head trains
+                penalty = tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
                 objective += 0.5 * self.weight_decay * penalty
             if self.losses:
                 objective += tf.add_n(self.losses)

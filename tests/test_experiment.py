@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import data, experiment
+from conftest import tiny_backbone
+from ice_tf import data, experiment, layers, models
 from ice_tf.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,24 +49,45 @@ def test_a_diverging_run_leaves_no_results(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "results.json")
 
 
-def test_finetune_replaces_a_linear_head_by_a_gaussian_one_fitted_to_features(tmp_path):
+def test_finetune_replaces_a_linear_head_by_a_gaussian_one_and_trains(tmp_path):
     base = ExperimentConfig(loss="ce", output_dir=str(tmp_path / "base"), export=False, **TINY)
     experiment.run(base, verbose=0)
     pretrained = keras.models.load_model(tmp_path / "base" / "model.keras")
     tuned = base.replace(
         loss="ice", schedule="finetune", init_checkpoint=str(tmp_path / "base" / "model.keras"),
+        output_dir=str(tmp_path / "tuned"),
     )
+    train_ds, steps = experiment.make_train_data(tuned, tuned.batch_in, tuned.batch_out)
     model = experiment.build(tuned, tf.distribute.get_strategy())
-    experiment.initialize_from_checkpoint(model, tuned, tuned.init_checkpoint)
+    experiment.initialize_from_checkpoint(model, tuned.init_checkpoint, train_ds, steps, verbose=0)
     for new, old in zip(model.backbone.weights, pretrained.backbone.weights):
-        np.testing.assert_array_equal(new.numpy(), old.numpy())
-    train = data.make_eval_dataset(
-        tuned.in_dataset, "train", image_shape=(28, 28, 1),
-        normalization=data.normalization(tuned.in_dataset), limit=tuned.limit_train,
-    )
-    features = np.concatenate([model.features(x).numpy() for x, _ in train])
-    labels = np.concatenate([y.numpy() for _, y in train])
-    class_means = np.stack([features[labels == k].mean(0) for k in range(10)])
+        np.testing.assert_array_equal(new.numpy(), old.numpy())  # BatchNorm statistics restored
+    assert model.head.scale_factor != 1.0
+    results = experiment.run(tuned, verbose=0)
+    losses_per_epoch = [json.loads(line)["loss"] for line in open(tmp_path / "tuned" / "metrics.jsonl")]
+    assert np.all(np.isfinite(losses_per_epoch)) and 0 <= results["accuracy"] <= 1
+
+
+def test_gaussian_head_is_fitted_to_training_mode_features_of_mixed_batches():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 16, 6, 6, 1)).astype("float32") + np.arange(4)[:, None, None, None, None]
+    labels = np.tile(np.arange(4), 16).reshape(4, 16)
+    outliers = rng.normal(3.0, 2.0, size=(4, 8, 6, 6, 1)).astype("float32")
+    batches = tf.data.Dataset.from_tensor_slices(((images, labels), outliers))
+    model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 4))
+    model.build((None, 6, 6, 1))
+    moving = [v.numpy() for v in model.backbone.non_trainable_variables]
+    experiment.fit_gaussian_head(model, batches, 4, ridge=0.1, verbose=0)
+    for variable, before in zip(model.backbone.non_trainable_variables, moving):
+        np.testing.assert_array_equal(variable.numpy(), before)
+    features = np.concatenate([
+        model.backbone(np.concatenate([x, o]), training=True).numpy()[:16]
+        for x, o in zip(images, outliers)
+    ])
+    for variable, before in zip(model.backbone.non_trainable_variables, moving):
+        variable.assign(before)
+    flat_labels = labels.reshape(-1)
+    class_means = np.stack([features[flat_labels == k].mean(0) for k in range(4)])
     np.testing.assert_allclose(model.head.means.numpy(), class_means, rtol=1e-4, atol=1e-5)
 
 

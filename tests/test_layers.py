@@ -149,6 +149,38 @@ def test_initialize_from_features_is_the_gda_estimate():
     assert accuracy > 0.95
 
 
+def test_calibrated_scale_minimises_the_cross_entropy_of_h():
+    rng = np.random.default_rng(4)
+    num_classes, dim, n = 3, 5, 600
+    labels = np.arange(n) % num_classes
+    features = rng.normal(0, 1.5, (num_classes, dim))[labels] + rng.normal(size=(n, dim))
+    plain = layers.GaussianLayer(num_classes).initialize_from_features(features, labels, ridge=0.1)
+    calibrated = layers.GaussianLayer(num_classes).initialize_from_features(
+        features, labels, ridge=0.1, calibrate_scale=True
+    )
+    np.testing.assert_allclose(calibrated.means.numpy(), plain.means.numpy())
+    np.testing.assert_allclose(
+        calibrated.scale_tril.numpy(), calibrated.scale_factor * plain.scale_tril.numpy(), rtol=1e-4
+    )
+
+    # Float64 reference: h of the uncalibrated fit, CE of softmax(h / c^2) on a grid of c.
+    scale = plain.scale_tril.numpy().astype(np.float64)
+    means = plain.means.numpy().astype(np.float64)
+    precision = np.linalg.inv(scale @ scale.T)
+    diff = features[:, None, :] - means[None]
+    h = -np.einsum("nkd,de,nke->nk", diff, precision, diff)
+
+    def cross_entropy(c):
+        logits = h / c**2
+        logits -= logits.max(1, keepdims=True)
+        return np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(n), labels])
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    best = grid[np.argmin([cross_entropy(c) for c in grid])]
+    np.testing.assert_allclose(calibrated.scale_factor, best, rtol=2e-3)
+    assert cross_entropy(calibrated.scale_factor) <= cross_entropy(1.0)
+
+
 def test_bad_input_raises_clear_value_errors():
     layer = layers.GaussianLayer(3)
     layer(np.zeros((2, 5), np.float32))

@@ -4,11 +4,15 @@ Submodules:
   layers     GaussianLayer (Eq. 0.11) and head factories.
   losses     ce, oe, energy, bce, ice (Eq. 0.15), ice_minus; a name registry.
   scores     msp, max_logit, energy, ice; higher means more in-distribution.
+  detectors  the scores plus the post-hoc ODIN and Mahalanobis detectors.
   metrics    AUROC, AUPR-In/Out, FPR95 under both conventions.
+  calibration ECE, MCE, Brier and reliability bins of a confidence as P(in-distribution).
   models     OODModel: one training loop for every method.
   backbones  wrn40_2, wrn34_10, densenet40_12, small_cnn.
   export     SavedModel export with probabilities, confidence and score.
   distribute Strategy selection and replica-aware helpers.
+  analysis   contradictory-gradient, distribution-shift and confidence statistics.
+  callbacks  Keras callbacks recording those analyses during training.
 """
 
 __version__ = "0.1.0"
@@ -16,8 +20,9 @@ __version__ = "0.1.0"
 import importlib
 
 _SUBMODULES = (
-    "backbones", "config", "data", "distribute", "evaluation", "experiment", "export",
+    "analysis", "backbones", "callbacks", "config", "data", "detectors", "distribute", "evaluation", "experiment", "export",
     "layers", "losses", "metrics", "models", "scores",
+    "calibration",
 )
 
 

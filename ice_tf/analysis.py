@@ -19,10 +19,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -308,21 +306,6 @@ def summary_markdown(runs):
     return "\n".join(lines) + "\n"
 
 
-def write_bytes_atomic(path, payload):
-    """Writes bytes through a temporary file, so readers never see half a file (a PNG)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
-
-
 __all__ = [
     "ANALYSES",
     "analysis_path",
@@ -337,5 +320,4 @@ __all__ = [
     "read_analyses",
     "summary_rows",
     "summary_markdown",
-    "write_bytes_atomic",
 ]

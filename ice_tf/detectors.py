@@ -24,16 +24,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ice_tf import files
 from ice_tf import scores as scores_lib
 
 STATS_FILE = "mahalanobis_stats.npz"
@@ -244,21 +243,12 @@ def model_fingerprint(path):
 
 def save_statistics(path, means, precision, covariance, counts, fingerprint):
     """Writes the statistics to an .npz file atomically (never half a file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(
-                stream, format_version=np.int64(_STATS_FORMAT), means=means, precision=precision,
-                covariance=covariance, counts=counts,
-                fingerprint=np.str_(json.dumps(fingerprint, sort_keys=True)),
-            )
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
+    with files.atomic_stream(path, "wb", suffix=".npz") as stream:
+        np.savez(
+            stream, format_version=np.int64(_STATS_FORMAT), means=means, precision=precision,
+            covariance=covariance, counts=counts,
+            fingerprint=np.str_(json.dumps(fingerprint, sort_keys=True)),
+        )
 
 
 def load_statistics(path, fingerprint=None):

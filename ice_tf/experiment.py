@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import keras
@@ -32,23 +31,9 @@ import tensorflow as tf
 from ice_tf import callbacks as callbacks_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
 from ice_tf.config import ExperimentConfig
+from ice_tf.files import write_atomic  # noqa: F401  (scripts use experiment.write_atomic)
 
 RESULTS_FILE = "results.json"
-
-
-def write_atomic(path, text):
-    """Writes text to path through a temporary file, so readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
 
 
 class JsonLinesLogger(keras.callbacks.Callback):

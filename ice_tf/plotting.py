@@ -22,13 +22,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ice_tf import files
 
 DEMO_COMMAND = "python scripts/compare.py --flagfile=flags/demo.flags"
 """The command that creates the default run folders (runs/demo/<method>/seed1)."""
@@ -57,25 +57,9 @@ def save_png(figure, path, dpi=110):
       The absolute path written.
     """
     path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=dpi)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private (0600).
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
+    with files.atomic_stream(path, "wb", suffix=".png") as stream:
+        figure.savefig(stream, format="png", dpi=dpi)
     return path
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def class_colors(num_classes):

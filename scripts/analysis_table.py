@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from ice_tf import analysis
+from ice_tf import analysis, files, plotting
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <label>/seed<k>/ run folders.")
 flags.DEFINE_integer("seed", 1, "With --runs_dir: the seed folder read for every method.")
@@ -54,13 +54,10 @@ def find_runs(runs_dir, seed):
 
 
 def parse_runs(specs):
-    runs = {}
-    for spec in specs:
-        label, sep, run_dir = spec.partition(":")
-        if not sep or not label or not run_dir:
-            raise app.UsageError(f"--run={spec!r}: use label:run_dir.")
-        runs[label] = run_dir
-    return runs
+    try:
+        return dict(plotting.parse_run_spec(spec) for spec in specs)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
 
 
 def plot_curves(runs, path):
@@ -89,7 +86,7 @@ def plot_curves(runs, path):
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
-    analysis.write_bytes_atomic(path, buffer.getvalue())
+    files.write_atomic(path, buffer.getvalue())
 
 
 def main(argv):
@@ -117,7 +114,7 @@ def main(argv):
         output = os.path.join(FLAGS.runs_dir, "analysis.md")
     if output:
         header = ("Training-time analyses (docs/analyses.md); epoch 0 is before training.\n\n")
-        analysis.write_bytes_atomic(output, (header + table).encode())
+        files.write_atomic(output, (header + table).encode())
         print(f"Wrote {output}")
     if FLAGS.png:
         plot_curves(runs, FLAGS.png)

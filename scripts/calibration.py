@@ -25,7 +25,6 @@ per-OOD-set ECE, reliability bins) beside the reliability diagram at --output
 
 import json
 import os
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,7 +41,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 import experiment_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import calibration, evaluation, experiment, scores  # noqa: E402
+from ice_tf import calibration, evaluation, experiment, plotting, scores  # noqa: E402
 from ice_tf.config import ExperimentConfig  # noqa: E402
 
 CREATE_RUNS = "python scripts/compare.py --flagfile=flags/demo.flags"
@@ -66,32 +65,18 @@ CONFIDENCE_NAMES = {True: "exp(max h)", False: "max softmax"}
 
 # ------------------------------------------------------------------ runs
 def run_folders(runs_dir, methods, seed, run_specs):
-    """{label: folder} from --run specs, or from --runs_dir/<method>/seed<seed>."""
-    if run_specs:
-        folders = {}
-        for spec in run_specs:
-            label, sep, folder = spec.partition(":")
-            if not sep or not label or not folder:
-                raise app.UsageError(f"--run={spec!r}: use label:run_folder.")
-            folders[label] = folder
-    elif runs_dir:
-        if not methods:
-            raise app.UsageError("--methods is empty: name the method folders under --runs_dir.")
-        folders = {method: os.path.join(runs_dir, method, f"seed{seed}") for method in methods}
-    else:
+    """{label: folder} from --run specs, or from --runs_dir/<method>/seed<seed>; each
+    must hold a finished run (model.keras + config.json)."""
+    if not run_specs and not runs_dir:
         raise app.UsageError("give --runs_dir (e.g. runs/demo) or at least one --run=label:folder.")
-    missing = [
-        folder for folder in folders.values()
-        if not all(os.path.exists(os.path.join(folder, name)) for name in ("model.keras", "config.json"))
-    ]
-    if missing:
-        command = CREATE_RUNS
-        if runs_dir and not run_specs and os.path.normpath(runs_dir) != os.path.normpath("runs/demo"):
-            command += f" --output_dir={runs_dir}"
-        raise app.UsageError(
-            f"no finished run (model.keras + config.json) in {', '.join(missing)}; "
-            f"create the runs with `{command}`."
-        )
+    command = CREATE_RUNS
+    if runs_dir and not run_specs and os.path.normpath(runs_dir) != os.path.normpath("runs/demo"):
+        command += f" --output_dir={runs_dir}"
+    try:
+        folders = plotting.run_folders(runs_dir, methods, seed, run_specs)
+        plotting.check_run_folders(folders, ("model.keras", "config.json"), command=command)
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from None
     return folders
 
 
@@ -215,19 +200,9 @@ def reliability_figure(results):
     return figure
 
 
-def save_figure_atomic(figure, path):
-    """PNG through a temporary file + os.replace, so a failed write leaves no half image."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+def save_figure(figure, path):
     try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=120)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+        plotting.save_png(figure, path, dpi=120)
     finally:
         plt.close(figure)
 
@@ -260,7 +235,7 @@ def main(argv):
                           "confidence": CONFIDENCE_NAMES[model.gaussian_head], **result}
     table = markdown(results, settings)
     stem = os.path.splitext(output)[0]
-    save_figure_atomic(reliability_figure(results), output)
+    save_figure(reliability_figure(results), output)
     experiment.write_atomic(stem + ".json", json.dumps({**settings, "methods": results}, indent=2) + "\n")
     experiment.write_atomic(stem + ".md", table)
     print("\n" + table)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ice_tf import analysis, losses
+from ice_tf import analysis, files, losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -250,10 +250,10 @@ def test_read_analyses_and_summary_table(tmp_path):
         analysis.analysis_path("run", "tsne")
 
 
-def test_write_bytes_atomic_leaves_no_temporary(tmp_path):
+def test_write_atomic_leaves_no_temporary(tmp_path):
     path = tmp_path / "sub" / "x.bin"
-    analysis.write_bytes_atomic(str(path), b"\x89PNG")
-    analysis.write_bytes_atomic(str(path), b"new")
+    files.write_atomic(str(path), b"\x89PNG")
+    files.write_atomic(str(path), b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path / "sub") == ["x.bin"]
 
 

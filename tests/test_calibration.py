@@ -285,7 +285,7 @@ def test_script_names_the_command_that_creates_missing_runs(tmp_path):
         script.run_folders(str(tmp_path), ["ce", "ice"], 1, [])
     with pytest.raises(app.UsageError, match="--output_dir="):
         script.run_folders(str(tmp_path), ["ce"], 1, [])
-    with pytest.raises(app.UsageError, match="label:run_folder"):
+    with pytest.raises(app.UsageError, match="use label:folder"):
         script.run_folders(None, [], 1, ["no-colon"])
     with pytest.raises(app.UsageError, match="--runs_dir"):
         script.run_folders(None, [], 1, [])

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_backbone
-from ice_tf import data, experiment, layers, models
+from ice_tf import experiment, layers, models
 from ice_tf.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

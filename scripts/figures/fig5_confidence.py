@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-from ice_tf import analysis  # noqa: E402
+from ice_tf import analysis, files  # noqa: E402
 
 flags.DEFINE_multi_string("run", None,
                           "A run folder, or label:run_folder (repeatable: one panel each).")
@@ -116,7 +116,7 @@ def main(argv):
     figure.savefig(buffer, format="png", dpi=130)
     plt.close(figure)
     output = FLAGS.output or os.path.join(runs[0][1], "fig5_confidence.png")
-    analysis.write_bytes_atomic(output, buffer.getvalue())
+    files.write_atomic(output, buffer.getvalue())
     print(f"Wrote {output}")
 
 

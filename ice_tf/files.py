@@ -1,0 +1,53 @@
+"""Atomic file writes: a reader, or a later run, never sees half a file.
+
+Everything a run or a script writes goes through a temporary file in the target's
+folder that replaces the target only once complete, so an interrupted run leaves
+either the old file or none, never a truncated one that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_stream(path, mode="w", suffix=""):
+    """Yields a stream on a temporary file beside `path` that replaces `path` on success.
+
+    Folders are created. On an exception the temporary file is removed and `path` is
+    left as it was.
+
+    Args:
+      path: the file to write.
+      mode: "w" (text) or "wb" (bytes: PNG, .npz).
+      suffix: of the temporary name (some writers look at the extension).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    try:
+        with os.fdopen(handle, mode) as stream:
+            yield stream
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files private (0600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def write_atomic(path, data):
+    """Writes text (str) or bytes to `path` atomically."""
+    with atomic_stream(path, "wb" if isinstance(data, (bytes, bytearray)) else "w") as stream:
+        stream.write(data)
+
+
+__all__ = ["atomic_stream", "write_atomic"]

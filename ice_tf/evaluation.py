@@ -245,11 +245,20 @@ def aggregate_runs(results_list):
             for label in labels
         },
         "mean": {k: spread([r["mean"][k]["mean"] for r in results_list]) for k in METRIC_KEYS},
+        # Each run's per-set values, so that a group of sets gets its spread over runs.
+        "run_sets": [
+            {label: {k: r["sets"][label][k]["mean"] for k in METRIC_KEYS} for label in labels}
+            for r in results_list
+        ],
     }
 
 
 def _group_mean(result, labels, key):
-    """Mean over the given OOD sets of a metric; std = mean of the sets' stds."""
+    """Mean over the given OOD sets of a metric. Its std: for aggregated runs, the std
+    over runs of each run's group mean; for one run, the mean of the sets' stds."""
+    if "run_sets" in result:
+        per_run = [np.mean([run[label][key] for label in labels]) for run in result["run_sets"]]
+        return {"mean": float(np.mean(per_run)), "std": float(np.std(per_run))}
     values = [result["sets"][label][key] for label in labels]
     return {"mean": float(np.mean([v["mean"] for v in values])),
             "std": float(np.mean([v["std"] for v in values]))}

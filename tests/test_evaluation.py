@@ -70,6 +70,20 @@ def test_aggregate_runs_and_comparison_table():
     assert "| **mean** | **80.00** |" in report
 
 
+def test_a_group_of_sets_gets_the_spread_over_runs_of_its_mean():
+    def run(near, far):
+        result = _fake_results(0.0, 0.9)
+        result["sets"]["near"] = {k: {"mean": near, "std": 0.1} for k in metrics.METRIC_KEYS}
+        result["sets"]["far"] = {k: {"mean": far, "std": 0.1} for k in metrics.METRIC_KEYS}
+        return result
+
+    # Per set the runs differ by 0.2, but each run's mean over both sets is 0.5.
+    aggregated = evaluation.aggregate_runs([run(0.4, 0.6), run(0.6, 0.4)])
+    assert aggregated["sets"]["near"]["auroc"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.1)}
+    table = evaluation.comparison_markdown({"m": aggregated}, groups={"both": ["near", "far"]})
+    assert "| m | 50.00 |" in table  # std 0 over runs: no "±"
+
+
 def _detector_setup():
     from ice_tf import models
 

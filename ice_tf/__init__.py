@@ -1,18 +1,19 @@
 """ice-tf: In-distribution Compatible outlier Exposure (ICE) for TensorFlow/Keras.
 
 Submodules:
-  layers     GaussianLayer (Eq. 0.11) and head factories.
-  losses     ce, oe, energy, bce, ice (Eq. 0.15), ice_minus; a name registry.
-  scores     msp, max_logit, energy, ice; higher means more in-distribution.
-  detectors  the scores plus the post-hoc ODIN and Mahalanobis detectors.
-  metrics    AUROC, AUPR-In/Out, FPR95 under both conventions.
-  calibration ECE, MCE, Brier and reliability bins of a confidence as P(in-distribution).
-  models     OODModel: one training loop for every method.
-  backbones  wrn40_2, wrn34_10, densenet40_12, small_cnn.
-  export     SavedModel export with probabilities, confidence and score.
-  distribute Strategy selection and replica-aware helpers.
-  analysis   contradictory-gradient, distribution-shift and confidence statistics.
-  callbacks  Keras callbacks recording those analyses during training.
+  layers       GaussianLayer (Eq. 0.11) and head factories.
+  losses       ce, oe, energy, bce, ice (Eq. 0.15), ice_minus; a name registry.
+  scores       msp, max_logit, energy, ice; higher means more in-distribution.
+  detectors    the scores plus the post-hoc ODIN and Mahalanobis detectors.
+  metrics      AUROC, AUPR-In/Out, FPR95 under both conventions.
+  calibration  ECE, MCE, Brier and reliability bins of a confidence as P(in-distribution).
+  models       OODModel: one training loop for every method.
+  backbones    wrn40_2, wrn34_10, densenet40_12, small_cnn.
+  export       SavedModel export with probabilities, confidence and score.
+  distribute   Strategy selection and replica-aware helpers.
+  analysis     contradictory-gradient, distribution-shift and confidence statistics.
+  callbacks    Keras callbacks recording those analyses during training.
+  data, config, evaluation, experiment, files, plotting, toy: the experiment pipeline.
 """
 
 __version__ = "0.1.0"
@@ -20,9 +21,9 @@ __version__ = "0.1.0"
 import importlib
 
 _SUBMODULES = (
-    "analysis", "backbones", "callbacks", "config", "data", "detectors", "distribute", "evaluation", "experiment", "export",
-    "layers", "losses", "metrics", "models", "scores",
-    "calibration",
+    "analysis", "backbones", "calibration", "callbacks", "config", "data", "detectors",
+    "distribute", "evaluation", "experiment", "export", "files", "layers", "losses", "metrics",
+    "models", "plotting", "scores", "toy",
 )
 
 

@@ -323,4 +323,7 @@ def run(config: ExperimentConfig, verbose=1):
     return results
 
 
-__all__ = ["run", "dry_run", "write_atomic", "JsonLinesLogger", "build_optimizer"]
+__all__ = [
+    "run", "dry_run", "write_atomic", "JsonLinesLogger", "build_optimizer",
+    "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE",
+]

@@ -94,11 +94,12 @@ class Detector:
 
 
 class OutputScore(Detector):
-    """A score of the head outputs from `ice_tf.scores` (msp, max_logit, energy, ice)."""
+    """A score of the head outputs: a name from `ice_tf.scores` (msp, max_logit, energy,
+    ice) or a function outputs (batch, K) -> (batch,)."""
 
-    def __init__(self, name):
-        self.fn = scores_lib.get(name)
-        self.name = name
+    def __init__(self, score):
+        self.fn = scores_lib.get(score)
+        self.name = score if isinstance(score, str) else getattr(score, "__name__", "custom")
         self._function = _PerModelFunction(self._build)
 
     def _build(self, model):

@@ -17,7 +17,6 @@ import tensorflow as tf
 
 from ice_tf import detectors as detectors_lib
 from ice_tf import metrics as metrics_lib
-from ice_tf import scores as scores_lib
 
 METRIC_KEYS = metrics_lib.METRIC_KEYS
 METRIC_TITLES = {
@@ -63,14 +62,12 @@ def detector_scores(detector, model, dataset, progbar=None):
 
 
 def _as_detector(score):
-    """None for an output score (a name from `ice_tf.scores` or a function of the outputs),
-    else the post-hoc `Detector` (a name gets its defaults; unknown names list all)."""
-    if isinstance(score, detectors_lib.OutputScore):
-        return None
+    """The `Detector` for a Detector, a name (post-hoc ones get their defaults; unknown
+    names list all) or a function of the head outputs."""
     if isinstance(score, detectors_lib.Detector):
         return score
-    if callable(score) or score in scores_lib.names():
-        return None
+    if callable(score):
+        return detectors_lib.OutputScore(score)
     return detectors_lib.get(score)
 
 
@@ -133,9 +130,7 @@ def evaluate_model(
       `mean` (over sets); plus the raw scores when `return_scores`.
     """
     detector = _as_detector(score)
-    if detector is None:
-        score_fn = score.fn if isinstance(score, detectors_lib.OutputScore) else scores_lib.get(score)
-    elif not detector.fitted:
+    if not detector.fitted:
         raise ValueError(
             f"the {detector.name} detector must be fitted first: detector.fit(model, train_dataset)."
         )
@@ -144,18 +139,10 @@ def evaluate_model(
     total = None if any(c is None for c in counts) else sum(counts)
     progbar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
 
-    if detector is None:
-        outputs_in, labels_in = predict_outputs(model, in_dataset, progbar)
-        scores_in = np.asarray(score_fn(outputs_in))
-    else:
-        scores_in, outputs_in, labels_in = detector_scores(detector, model, in_dataset, progbar)
+    scores_in, outputs_in, labels_in = detector_scores(detector, model, in_dataset, progbar)
     raw_scores = {"in": scores_in}
     for label, dataset in ood_datasets.items():
-        if detector is None:
-            outputs_out, _ = predict_outputs(model, dataset, progbar)
-            raw_scores[label] = np.asarray(score_fn(outputs_out))
-        else:
-            raw_scores[label] = detector_scores(detector, model, dataset, progbar)[0]
+        raw_scores[label] = detector_scores(detector, model, dataset, progbar)[0]
     per_set, mean = ood_results(
         scores_in,
         {label: raw_scores[label] for label in ood_datasets},
@@ -171,7 +158,7 @@ def evaluate_model(
         "sets": per_set,
         "mean": mean,
     }
-    if detector is not None and detector.options:
+    if detector.options:
         results["detector_options"] = detector.options
     if return_scores:
         return results, raw_scores

@@ -280,13 +280,17 @@ def build_probes(config, size=None):
         exclude = None if substituted else config.outlier_exclude_path
         probes["outliers"] = _load_images(config, name, "train", size, path, exclude)[0]
     if "confidence" in wanted:
-        probes["eval"] = _load_images(config, config.in_dataset, config.eval_split, size)[0]
-        probes["ood"] = {}
-        for spec in config.ood_set_specs:
-            name, path = experiment._substitute_for_dry_run(config, spec.dataset, spec.path)
-            split = spec.split if name == spec.dataset else "test"
-            probes["ood"][spec.label] = _load_images(config, name, split, size, path)[0]
+        # The evaluation sets themselves, `size` images of each.
+        in_dataset, ood_datasets = experiment.make_eval_data(
+            config.replace(eval_limit=size, eval_batch_size=size)
+        )
+        probes["eval"] = _images_of(in_dataset)
+        probes["ood"] = {label: _images_of(dataset) for label, dataset in ood_datasets.items()}
     return probes
+
+
+def _images_of(dataset):
+    return np.concatenate([images.numpy() for images, _ in dataset])
 
 
 def analysis_callbacks(config, directory=None, probe_size=None):

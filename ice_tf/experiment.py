@@ -243,6 +243,22 @@ def dry_run(config):
     return logs
 
 
+def load_run(run_dir, **overrides):
+    """(model, config, model_path) of a finished run folder (model.keras + config.json);
+    `overrides` replace config fields (e.g. another protocol or OOD sets)."""
+    config_path = os.path.join(run_dir, "config.json")
+    model_path = os.path.join(run_dir, "model.keras")
+    for path in (config_path, model_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{run_dir} is not a finished run folder (no {os.path.basename(path)}); "
+                "train it with scripts/train.py or scripts/compare.py."
+            )
+    with open(config_path) as stream:
+        config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
+    return keras.models.load_model(model_path, compile=False), config, model_path
+
+
 def _prepare_output_dir(path):
     os.makedirs(path, exist_ok=True)
     # An earlier run's results must not make this one look finished.
@@ -325,5 +341,5 @@ def run(config: ExperimentConfig, verbose=1):
 
 __all__ = [
     "run", "dry_run", "write_atomic", "JsonLinesLogger", "build_optimizer",
-    "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE",
+    "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
 ]

@@ -42,7 +42,6 @@ from matplotlib import pyplot as plt  # noqa: E402
 import experiment_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
 from ice_tf import calibration, evaluation, experiment, plotting, scores  # noqa: E402
-from ice_tf.config import ExperimentConfig  # noqa: E402
 
 CREATE_RUNS = "python scripts/compare.py --flagfile=flags/demo.flags"
 
@@ -78,13 +77,6 @@ def run_folders(runs_dir, methods, seed, run_specs):
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from None
     return folders
-
-
-def load_run(folder, overrides):
-    with open(os.path.join(folder, "config.json")) as stream:
-        config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
-    model = keras.models.load_model(os.path.join(folder, "model.keras"), compile=False)
-    return model, config
 
 
 def _eval_data_key(config):
@@ -223,7 +215,7 @@ def main(argv):
                 "mixture_seed": FLAGS.mixture_seed}
     eval_data, results = {}, {}
     for label, folder in folders.items():
-        model, config = load_run(folder, overrides)
+        model, config, _ = experiment.load_run(folder, **overrides)
         key = _eval_data_key(config)
         if key not in eval_data:  # runs of one comparison share their evaluation pipelines
             eval_data[key] = experiment.make_eval_data(config)

@@ -50,11 +50,11 @@ FLAGS = flags.FLAGS
 def load_run(model_path):
     """(model, config) from a run folder or a .keras file."""
     if os.path.isdir(model_path):
-        config_path = os.path.join(model_path, "config.json")
-        with open(config_path) as stream:
-            config = ExperimentConfig.from_dict(json.load(stream))
-        model_path = os.path.join(model_path, "model.keras")
-    elif model_path.endswith(".keras"):
+        try:
+            return experiment.load_run(model_path)
+        except FileNotFoundError as error:
+            raise app.UsageError(str(error)) from None
+    if model_path.endswith(".keras"):
         config = ExperimentConfig()
     else:
         raise app.UsageError(f"--model={model_path} is neither a run folder nor a .keras file.")

@@ -23,7 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
-from ice_tf.config import ExperimentConfig  # noqa: E402
 
 # TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
 
@@ -65,17 +64,6 @@ def parse_runs(runs_dir, seed, plain, method_specs):
     return plain, methods
 
 
-def load_run(run_dir, overrides):
-    import keras
-
-    import ice_tf.models  # noqa: F401  (registers the custom classes for loading)
-
-    with open(os.path.join(run_dir, "config.json")) as stream:
-        config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
-    model_path = os.path.join(run_dir, "model.keras")
-    return keras.models.load_model(model_path, compile=False), config, model_path
-
-
 def describe(detector):
     """The score and its hyperparameters, e.g. 'odin (T=1000, ε=0.0014)'."""
     if detector.name == "odin":
@@ -115,7 +103,7 @@ def main(argv):
     rows, loaded, in_datasets, ood_labels = [], {}, set(), set()
     for index, (label, run_dir, score) in enumerate(jobs, 1):
         if run_dir not in loaded:
-            model, config, model_path = load_run(run_dir, overrides)
+            model, config, model_path = experiment.load_run(run_dir, **overrides)
             loaded = {run_dir: (model, config, model_path, experiment.make_eval_data(config))}
         model, config, model_path, (in_ds, ood_ds) = loaded[run_dir]
         in_datasets.add(config.in_dataset)

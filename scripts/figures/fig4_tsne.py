@@ -31,7 +31,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/
 
-import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -71,16 +70,7 @@ def default_ood_label(config):
     return specs[0].label
 
 
-def load_run(folder):
-    """(model, config) of a run folder."""
-    import keras
 
-    import ice_tf.models  # noqa: F401  (registers the custom classes for loading)
-    from ice_tf.config import ExperimentConfig
-
-    with open(os.path.join(folder, "config.json")) as stream:
-        config = ExperimentConfig.from_dict(json.load(stream))
-    return keras.models.load_model(os.path.join(folder, "model.keras"), compile=False), config
 
 
 def features_of(model, config, ood_label, num_in, num_ood, seed):
@@ -146,10 +136,12 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     if FLAGS.num_in < 2 or FLAGS.num_ood < 1:
         raise app.UsageError("--num_in must be >= 2 and --num_ood >= 1.")
+    from ice_tf import experiment  # after the argument checks: TensorFlow is slow to start
+
     panels, num_classes, ood_label = {}, 0, FLAGS.ood_set
     for label, folder in folders.items():
         model_started = time.time()
-        model, config = load_run(folder)
+        model, config, _ = experiment.load_run(folder)
         ood_label = ood_label or default_ood_label(config)
         try:
             features_in, labels_in, features_ood = features_of(

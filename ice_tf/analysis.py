@@ -90,6 +90,17 @@ def auxiliary_gradients(loss, labels, outputs_in, outputs_out):
             grad_out.numpy().astype(np.float64) * num_out)
 
 
+def _rows_with_labels(values, labels, what):
+    """(values as float64 (N, C), labels as int64 (N,)); `what` names the expected shape."""
+    values = np.asarray(values, np.float64)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if values.ndim != 2 or labels.shape[0] != values.shape[0]:
+        raise ValueError(
+            f"{what} with one label per row; got {values.shape} and {labels.shape[0]} labels."
+        )
+    return values, labels
+
+
 def contradictory_masks(labels, grad_in, grad_out, tolerance=GRADIENT_TOLERANCE):
     """Which (sample, class) pairs a gradient raises against cross-entropy's principle.
 
@@ -103,14 +114,8 @@ def contradictory_masks(labels, grad_in, grad_out, tolerance=GRADIENT_TOLERANCE)
     Returns:
       (mask_in (N_in, K) bool, False on every target class; mask_out (N_out, K) bool).
     """
-    grad_in = np.asarray(grad_in, np.float64)
+    grad_in, labels = _rows_with_labels(grad_in, labels, "grad_in must be (N_in, K)")
     grad_out = np.asarray(grad_out, np.float64)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    if grad_in.ndim != 2 or labels.shape[0] != grad_in.shape[0]:
-        raise ValueError(
-            f"grad_in must be (N_in, K) with one label per row; got {grad_in.shape} and "
-            f"{labels.shape[0]} labels."
-        )
     raised_in = grad_in < -tolerance
     raised_in[np.arange(labels.shape[0]), labels] = False  # raising the target is CE's aim
     return raised_in, grad_out < -tolerance
@@ -146,13 +151,7 @@ def contradictory_fractions(loss, labels, outputs_in, outputs_out, tolerance=GRA
 # ---------------------------------------------------------------- distribution shift
 def class_centres(features, labels, num_classes):
     """(K, d) float64 per-class means of `features`; NaN rows for absent classes."""
-    features = np.asarray(features, np.float64)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    if features.ndim != 2 or features.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"features must be (N, d) with one label each; got {features.shape} and "
-            f"{labels.shape[0]} labels."
-        )
+    features, labels = _rows_with_labels(features, labels, "features must be (N, d)")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}).")
     sums = np.zeros((num_classes, features.shape[1]))

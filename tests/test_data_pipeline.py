@@ -5,17 +5,9 @@ import pytest
 import tensorflow as tf
 
 from ice_tf import data
-from ice_tf.data import embedded
-from test_data_embedded import row_index, write_fake_embedded
+from conftest import row_index
 
 SHAPE = (28, 28, 1)
-
-
-@pytest.fixture
-def fake_embedded(tmp_path, monkeypatch):
-    fashion = write_fake_embedded(tmp_path)
-    monkeypatch.setenv(embedded.EMBEDDED_DIR_ENV, str(tmp_path))
-    return fashion
 
 
 # ----------------------------------------------------------------------------- prepare

@@ -15,16 +15,10 @@ import json
 import math
 from typing import Optional
 
-# The OOD score each method is evaluated with, as in the papers (MSP for plain
-# training and OE, the energy score for Energy, max h for ICE).
-DEFAULT_SCORES = {
-    "ce": "msp",
-    "oe": "msp",
-    "energy": "energy",
-    "bce": "max_logit",
-    "ice": "ice",
-    "ice_minus": "ice",
-}
+# Config fields that set a method's hyperparameters (`ice_tf.losses.spec(loss).hyperparameters`),
+# by the constructor argument they fill. A field set for a method that has no such
+# argument is refused by `validate`, never ignored.
+METHOD_FIELDS = {"loss_weight": "weight", "margin_in": "margin_in", "margin_out": "margin_out"}
 SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
 HEAD_CHOICES = ("auto", "linear", "gaussian")
@@ -76,8 +70,8 @@ class ExperimentConfig:
     loss_weight: Optional[float] = None  # λ; None = the loss's default
     margin_in: Optional[float] = None  # Energy m_in; None = the loss's default
     margin_out: Optional[float] = None
-    head: str = "auto"  # auto: Gaussian for ice / ice_minus, linear otherwise
-    score: Optional[str] = None  # None: DEFAULT_SCORES[loss]
+    head: str = "auto"  # auto: the method's default head (losses.spec(loss).default_head)
+    score: Optional[str] = None  # None: the method's default score
     # Model.
     backbone: str = "wrn40_2"
     dropout_rate: Optional[float] = None
@@ -112,14 +106,21 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------ derived
     @property
+    def method(self):
+        """The `ice_tf.losses.MethodSpec` of `loss`."""
+        from ice_tf import losses
+
+        return losses.spec(self.loss)
+
+    @property
     def head_kind(self):
-        if self.head != "auto":
-            return self.head
-        return "gaussian" if self.loss in ("ice", "ice_minus") else "linear"
+        """"linear" or "gaussian": `head`, or the method's default head for "auto"."""
+        return self.method.default_head if self.head == "auto" else self.head
 
     @property
     def score_name(self):
-        return self.score or DEFAULT_SCORES.get(self.loss, "msp")
+        """`score`, or the score the method is evaluated with in its paper."""
+        return self.score or self.method.default_score
 
     @property
     def ood_set_specs(self):
@@ -127,20 +128,25 @@ class ExperimentConfig:
 
     @property
     def uses_outliers(self):
-        from ice_tf import losses
+        return self.method.uses_outliers
 
-        return losses.get(self.loss).uses_outliers
+    def inapplicable_method_fields(self):
+        """The method fields that are set although `loss` has no such hyperparameter."""
+        taken = self.method.hyperparameters
+        return tuple(field for field, argument in METHOD_FIELDS.items()
+                     if getattr(self, field) is not None and argument not in taken)
+
+    def for_loss(self, loss):
+        """This config for another method, with the method fields it does not take unset
+        (scripts/compare.py shares one set of flags among methods)."""
+        config = self.replace(loss=loss)
+        return config.replace(**{field: None for field in config.inapplicable_method_fields()})
 
     def loss_kwargs(self):
-        kwargs = {}
-        if self.loss_weight is not None and self.loss != "ce":
-            kwargs["weight"] = self.loss_weight
-        if self.loss == "energy":
-            if self.margin_in is not None:
-                kwargs["margin_in"] = self.margin_in
-            if self.margin_out is not None:
-                kwargs["margin_out"] = self.margin_out
-        return kwargs
+        """The loss constructor's arguments set by this config (`METHOD_FIELDS`)."""
+        taken = self.method.hyperparameters
+        return {argument: getattr(self, field) for field, argument in METHOD_FIELDS.items()
+                if getattr(self, field) is not None and argument in taken}
 
     def backbone_kwargs(self):
         return {} if self.dropout_rate is None else {"dropout_rate": self.dropout_rate}
@@ -155,6 +161,15 @@ class ExperimentConfig:
                 raise ValueError(f"{field}={value!r} is not valid; choose one of: {', '.join(valid)}.")
 
         choose("loss", self.loss, losses.names())
+        inapplicable = self.inapplicable_method_fields()
+        if inapplicable:
+            taken = ", ".join(self.method.hyperparameters) or "none"
+            fields = ", ".join(inapplicable)
+            verb = "does" if len(inapplicable) == 1 else "do"
+            raise ValueError(
+                f"{fields} {verb} not apply to loss={self.loss!r} (its hyperparameters: "
+                f"{taken}); unset {fields}."
+            )
         choose("backbone", self.backbone, backbones.names())
         choose("head", self.head, HEAD_CHOICES)
         choose("schedule", self.schedule, SCHEDULES)
@@ -227,4 +242,4 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["ExperimentConfig", "OODSetSpec", "DEFAULT_SCORES", "SCHEDULES", "PROTOCOLS", "ANALYSES"]
+__all__ = ["ExperimentConfig", "OODSetSpec", "METHOD_FIELDS", "SCHEDULES", "PROTOCOLS", "ANALYSES"]

@@ -135,7 +135,7 @@ def build_optimizer(config, total_steps):
 
 
 # Covariance ridge of the fine-tune head fit, relative to the mean variance: with 1%
-# fine-tuning ICE diverged on the embedded benchmark; 10% trained (BUILD.md).
+# or 10%, fine-tuning ICE from a barely trained model diverged (BUILD.md, Decisions).
 FINETUNE_RIDGE = 1.0
 
 
@@ -326,7 +326,10 @@ def run(config: ExperimentConfig, verbose=1):
             key.replace("/", "_"): value for key, value in raw_scores.items()
         })
         if config.export:
-            export.export_saved_model(model, os.path.join(out, "saved_model"), overwrite=True)
+            # The served score is the one the run was evaluated with.
+            export.export_saved_model(
+                model, os.path.join(out, "saved_model"), score=config.score_name, overwrite=True
+            )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     results["method"] = config.loss

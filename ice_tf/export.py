@@ -26,10 +26,21 @@ import tensorflow as tf
 from ice_tf import scores as scores_lib
 
 
+def default_score(model):
+    """The score of the method `model` was compiled with (`ice_tf.losses.spec`), else `ice`
+    for a Gaussian head and `msp` for a linear one."""
+    from ice_tf import losses
+
+    name = getattr(getattr(model, "ood_loss", None), "name", None)
+    if name in losses.names():
+        return losses.spec(name).default_score
+    return scores_lib.default_score_name(model.gaussian_head)
+
+
 def serving_outputs(model, images, score=None):
     """The dictionary the exported signature returns, computed in eager or graph mode."""
     gaussian = model.gaussian_head
-    score_fn = scores_lib.get(score or scores_lib.default_score_name(gaussian))
+    score_fn = scores_lib.get(score or default_score(model))
     outputs = tf.cast(model(images, training=False), tf.float32)
     return {
         "probabilities": tf.nn.softmax(outputs, axis=-1),
@@ -48,8 +59,8 @@ def export_saved_model(model, path, score=None, overwrite=False):
     Args:
       model: a built `ice_tf.models.OODModel`.
       path: the output directory.
-      score: a name from `ice_tf.scores.names()` for the `score` output; default
-        `ice` for a Gaussian head and `msp` for a linear one.
+      score: a name from `ice_tf.scores.names()` for the `score` output; default: the
+        compiled method's own score (`default_score`).
       overwrite: replace an existing directory at `path`.
 
     Returns:
@@ -58,7 +69,8 @@ def export_saved_model(model, path, score=None, overwrite=False):
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    scores_lib.get(score or scores_lib.default_score_name(model.gaussian_head))  # validate early
+    score = score or default_score(model)
+    scores_lib.get(score)  # validate early
     input_shape = tuple(model.backbone.input_shape[1:])
     spec = tf.TensorSpec((None, *input_shape), tf.float32, name="images")
 
@@ -81,4 +93,4 @@ def export_saved_model(model, path, score=None, overwrite=False):
     return path
 
 
-__all__ = ["export_saved_model", "serving_outputs"]
+__all__ = ["export_saved_model", "serving_outputs", "default_score"]

@@ -12,11 +12,29 @@ one from the registry.
 
 Call signature: `loss(y_true, outputs_in, outputs_out=None) -> scalar`.
 `loss.terms(...)` returns the named components, which `OODModel` logs.
+
+A method is one spec: its loss class declares the head it trains by default, the
+score it is evaluated with, its display name and (from its constructor) its
+hyperparameters; `spec(name)` reads them, and the config, flags, scripts, plots,
+benchmark and export all take them from there. Adding a method is one class and
+one `register` line:
+
+    @keras.saving.register_keras_serializable(package="my_project")
+    class SquaredOutlierLoss(ice_tf.losses.OODLoss):
+        term_names = ("ce", "out_term")
+        default_weight = 0.5
+        display_name = "Squared OE"
+        def extra_terms(self, labels, outputs_in, outputs_out):
+            return {"out_term": tf.reduce_mean(tf.square(outputs_out))}
+
+    ice_tf.losses.register("squared_oe", SquaredOutlierLoss)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
 
 import keras
 import tensorflow as tf
@@ -81,11 +99,27 @@ class OODLoss:
       weight: λ, the weight of the extra terms (Eqs. 0.3, 0.5, 0.15).
       uses_outliers: whether `outputs_out` is required.
       term_names: names of the components returned by `terms`.
+      default_head: the head the method trains by default, "linear" (Eq. 0.1) or
+        "gaussian" (Eq. 0.11).
+      default_score: the OOD score (`ice_tf.scores`) it is evaluated with, as in its paper.
+      display_name: its name in tables and figures.
     """
 
     uses_outliers = True
     term_names = ("ce",)
     default_weight = 0.0
+    default_head = "linear"
+    default_score = "msp"
+    display_name = None
+
+    @classmethod
+    def hyperparameters(cls):
+        """{name: default} of the constructor's arguments other than `name` (its config).
+
+        Example:
+          EnergyLoss.hyperparameters()  # {'weight': 0.1, 'margin_in': -23.0, 'margin_out': -5.0}
+        """
+        return {key: value for key, value in cls().get_config().items() if key != "name"}
 
     def __init__(self, weight=None, name=None):
         self.weight = _check_weight("weight (lambda)", self.default_weight if weight is None else weight)
@@ -144,6 +178,7 @@ class CrossEntropyLoss(OODLoss):
     """Plain softmax cross-entropy, Eq. (0.2) (or Eq. 0.12 on a Gaussian head); no outliers."""
 
     uses_outliers = False
+    display_name = "Plain"
 
     def __init__(self, name=None):
         super().__init__(weight=0.0, name=name)
@@ -164,6 +199,7 @@ class OutlierExposureLoss(OODLoss):
 
     term_names = ("ce", "out_term")
     default_weight = 0.5
+    display_name = "OE"
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         uniform_ce = tf.reduce_logsumexp(outputs_out, axis=-1) - tf.reduce_mean(outputs_out, axis=-1)
@@ -182,6 +218,8 @@ class EnergyLoss(OODLoss):
 
     term_names = ("ce", "in_term", "out_term")
     default_weight = 0.1
+    default_score = "energy"
+    display_name = "Energy"
 
     def __init__(self, weight=None, margin_in=-23.0, margin_out=-5.0, name=None):
         super().__init__(weight=weight, name=name)
@@ -211,6 +249,8 @@ class BinaryCrossEntropyLoss(OODLoss):
     """
 
     term_names = ("ce", "in_term", "out_term")
+    default_score = "max_logit"
+    display_name = "BCE"
 
     def __init__(self, weight=None, name=None):
         if weight is None:
@@ -246,6 +286,9 @@ class InDistributionCompatibleLoss(OODLoss):
 
     term_names = ("ce", "in_term", "out_term")
     default_weight = 0.03
+    default_head = "gaussian"
+    default_score = "ice"
+    display_name = "ICE"
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)
@@ -257,25 +300,109 @@ class IceMinusLoss(InDistributionCompatibleLoss):
     """ICE⁻ (Table 3): ICE without the in-distribution term -h_y of Eq. (0.14)."""
 
     term_names = ("ce", "out_term")
+    display_name = "ICE⁻"
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         return {"out_term": ice_outlier_term(outputs_out)}
 
 
-LOSSES = {
-    "ce": CrossEntropyLoss,
-    "oe": OutlierExposureLoss,
-    "energy": EnergyLoss,
-    "bce": BinaryCrossEntropyLoss,
-    "ice": InDistributionCompatibleLoss,
-    "ice_minus": IceMinusLoss,
-}
-_REVERSE_REGISTRY = {cls: name for name, cls in LOSSES.items()}
+HEADS = ("linear", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """What a registered method needs, read from its loss class.
+
+    Attributes:
+      name: the registry name (`--loss`).
+      loss_class: the `OODLoss` subclass.
+      display_name: its name in tables and figures.
+      default_head: "linear" (Eq. 0.1) or "gaussian" (Eq. 0.11).
+      default_score: the `ice_tf.scores` name it is evaluated with.
+      uses_outliers: whether it trains on auxiliary outliers.
+      hyperparameters: {name: default} of its constructor (read-only).
+      term_names: the loss components it reports.
+    """
+
+    name: str
+    loss_class: type
+    display_name: str
+    default_head: str
+    default_score: str
+    uses_outliers: bool
+    hyperparameters: types.MappingProxyType
+    term_names: tuple
+
+
+LOSSES = {}
+_REVERSE_REGISTRY = {}
+
+
+def register(name, loss_class):
+    """Adds a method to the registry: `get(name)`, the config, flags and scripts then know it.
+
+    Example:
+      ice_tf.losses.register("squared_oe", SquaredOutlierLoss)  # see the module docstring
+    """
+    from ice_tf import scores  # light: the score functions only
+
+    if not (isinstance(loss_class, type) and issubclass(loss_class, OODLoss)):
+        raise TypeError(f"register({name!r}, ...) takes an OODLoss subclass, got {loss_class!r}.")
+    if loss_class.default_head not in HEADS:
+        raise ValueError(
+            f"{loss_class.__name__}.default_head must be one of {', '.join(HEADS)}; "
+            f"got {loss_class.default_head!r}."
+        )
+    if loss_class.default_score not in scores.names():
+        raise ValueError(
+            f"{loss_class.__name__}.default_score must be one of {', '.join(scores.names())}; "
+            f"got {loss_class.default_score!r}."
+        )
+    LOSSES[name] = loss_class
+    _REVERSE_REGISTRY[loss_class] = name
+    return loss_class
+
+
+for _name, _class in (
+    ("ce", CrossEntropyLoss),
+    ("oe", OutlierExposureLoss),
+    ("energy", EnergyLoss),
+    ("bce", BinaryCrossEntropyLoss),
+    ("ice", InDistributionCompatibleLoss),
+    ("ice_minus", IceMinusLoss),
+):
+    register(_name, _class)
 
 
 def names():
     """The registered loss names."""
     return sorted(LOSSES)
+
+
+def spec(name):
+    """The `MethodSpec` of a registered method.
+
+    Example:
+      ice_tf.losses.spec("energy").default_score  # 'energy'
+    """
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; valid losses: {', '.join(names())}.")
+    loss_class = LOSSES[name]
+    return MethodSpec(
+        name=name,
+        loss_class=loss_class,
+        display_name=loss_class.display_name or name,
+        default_head=loss_class.default_head,
+        default_score=loss_class.default_score,
+        uses_outliers=loss_class.uses_outliers,
+        hyperparameters=types.MappingProxyType(loss_class.hyperparameters()),
+        term_names=tuple(loss_class.term_names),
+    )
+
+
+def display_name(name):
+    """A method's display name; an unregistered name (e.g. a variant label) is returned as is."""
+    return spec(name).display_name if name in LOSSES else name
 
 
 def get(identifier, **kwargs):
@@ -302,7 +429,12 @@ __all__ = [
     "InDistributionCompatibleLoss",
     "IceMinusLoss",
     "LOSSES",
+    "MethodSpec",
+    "HEADS",
     "get",
     "names",
+    "spec",
+    "register",
+    "display_name",
     "log1mexp",
 ]

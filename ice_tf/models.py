@@ -43,8 +43,21 @@ def unpack_batch(data):
     return first, second, None
 
 
-# Components a loss may report; each gets a tracked mean.
-_TERM_NAMES = ("ce", "in_term", "out_term")
+class _TrackerTable:
+    """name -> `keras.metrics.Mean`, created on first use.
+
+    A plain object, so that Keras's attribute tracking (locked once the model is
+    built) does not see it: a loss compiled later may report terms of any name.
+    `OODModel.metrics` hands the active trackers to Keras.
+    """
+
+    def __init__(self):
+        self._trackers = {}
+
+    def __getitem__(self, name):
+        if name not in self._trackers:
+            self._trackers[name] = keras.metrics.Mean(name=name)
+        return self._trackers[name]
 
 
 @contextlib.contextmanager
@@ -81,11 +94,9 @@ class OODModel(keras.Model):
         self.head = head
         self.ood_loss = None
         self.weight_decay = 0.0
-        # Created here: Keras locks a layer's state once it is built.
-        self._all_trackers = {
-            name: keras.metrics.Mean(name=name) for name in ("loss", *_TERM_NAMES)
-        }
-        self._all_trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self._all_trackers = _TrackerTable()
+        # Created here, inside the caller's strategy scope.
+        self._accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self._active_tracker_names = ("loss", "accuracy")
         input_shape = getattr(backbone, "input_shape", None)
         if isinstance(input_shape, tuple) and all(d is not None for d in input_shape[1:]):
@@ -141,10 +152,12 @@ class OODModel(keras.Model):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
         kwargs.setdefault("jit_compile", False)  # XLA is slower on CPU and fails under MirroredStrategy.
         super().compile(optimizer=optimizer, **kwargs)
-        unknown = set(self.ood_loss.term_names) - set(_TERM_NAMES)
-        if unknown:
-            raise ValueError(f"loss terms must be among {_TERM_NAMES}; got {sorted(unknown)}.")
+        reserved = {"loss", "accuracy"} & set(self.ood_loss.term_names)
+        if reserved:
+            raise ValueError(f"loss term names must not be {sorted(reserved)}: the model logs those.")
         self._active_tracker_names = ("loss", *self.ood_loss.term_names, "accuracy")
+        for name in self._active_tracker_names[:-1]:
+            self._all_trackers[name]  # created now, inside the strategy scope of compile
 
     def get_compile_config(self):
         if self.ood_loss is None:
@@ -166,7 +179,8 @@ class OODModel(keras.Model):
 
     @property
     def _trackers(self):
-        return {name: self._all_trackers[name] for name in self._active_tracker_names}
+        return {name: self._accuracy if name == "accuracy" else self._all_trackers[name]
+                for name in self._active_tracker_names}
 
     @property
     def metrics(self):

@@ -36,8 +36,6 @@ DEMO_COMMAND = "python scripts/compare.py --flagfile=flags/demo.flags"
 DEFAULT_METHODS = ("ce", "oe", "energy", "ice")
 PLACEMENTS = ("joint", "knn")
 OOD_COLOR = "0.1"
-METHOD_LABELS = {"ce": "Plain (CE)", "oe": "OE", "energy": "Energy", "bce": "BCE", "ice": "ICE",
-                 "ice_minus": "ICE⁻"}
 
 
 # ----------------------------------------------------------------- figures
@@ -74,8 +72,11 @@ def class_colors(num_classes):
 
 
 def method_label(name):
-    """Display name of a method (its own name when unknown)."""
-    return METHOD_LABELS.get(name, name)
+    """Display name of a method (`ice_tf.losses.spec(name).display_name`; its own name when
+    it is no registered method, e.g. a variant label)."""
+    from ice_tf import losses
+
+    return losses.display_name(name)
 
 
 # ------------------------------------------------------------- run folders

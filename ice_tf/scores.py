@@ -37,8 +37,11 @@ def energy(outputs):
 
 
 def ice(outputs):
-    """max_i h_i(z), the log of the ICE confidence exp(max_i h_i) (Eqs. 0.11, 0.13)."""
-    return tf.reduce_max(_as_float32(outputs), axis=-1)
+    """max_i h_i(z), the log of the ICE confidence exp(max_i h_i) (Eqs. 0.11, 0.13).
+
+    The same arithmetic as `max_logit`, applied to a Gaussian head's h.
+    """
+    return max_logit(outputs)
 
 
 SCORES = {"msp": msp, "max_logit": max_logit, "energy": energy, "ice": ice}
@@ -59,7 +62,7 @@ def get(name):
 
 
 def default_score_name(gaussian_head):
-    """`ice` for a Gaussian head, `msp` for a linear one."""
+    """`ice` for a Gaussian head, `msp` for a linear one (a model without a known method)."""
     return "ice" if gaussian_head else "msp"
 
 

@@ -61,12 +61,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from ice_tf import losses  # noqa: E402
-from ice_tf.config import ExperimentConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 # Head used by each method, by the rule the experiments use (Gaussian for ICE and ICE⁻).
-HEAD_FOR = {name: ExperimentConfig(loss=name).head_kind for name in losses.names()}
+HEAD_FOR = {name: losses.spec(name).default_head for name in losses.names()}
 
 flags.DEFINE_string("backbone", "wrn40_2", "Backbone name from ice_tf.backbones.names().")
 flags.DEFINE_integer("batch_in", 128, "In-distribution images per step.", lower_bound=1)

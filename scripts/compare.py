@@ -5,6 +5,10 @@
   python scripts/compare.py --flagfile=flags/demo.flags --methods= \\
       --variant=ice_0.1:loss=ice,loss_weight=0.1 --variant=ice_1:loss=ice,loss_weight=1
 
+Method hyperparameter flags (--loss_weight, --margin_in, --margin_out) apply to the
+methods that take them and are unset for the others (a note says which); a
+--variant that sets one for a method without it is refused.
+
 Every run goes to <output_dir>/<variant>/seed<k>/ (a normal run folder); the
 comparison (Table 1 style: mean over OOD sets and per set, with accuracy; mean ±
 std over seeds when several are given) is printed and written to
@@ -21,8 +25,9 @@ from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
 from ice_tf import evaluation, experiment  # noqa: E402
+from ice_tf.config import METHOD_FIELDS  # noqa: E402
 
-experiment_flags.define_flags()
+experiment_flags.define_flags(shared_among_methods=True)
 flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Loss names, each a variant with defaults.")
 flags.DEFINE_multi_string("variant", [], "label:key=value,key=value config overrides (repeatable).")
 flags.DEFINE_list("seeds", ["1"], "Seeds; each variant runs once per seed.")
@@ -61,17 +66,26 @@ def main(argv):
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    base = experiment_flags.config_from_flags(FLAGS)
+    shared = experiment_flags.config_from_flags(FLAGS, shared_among_methods=True)
+    base = shared.for_loss(shared.loss)
     variants = parse_variants(FLAGS.methods, FLAGS.variant)
     seeds = [int(s) for s in FLAGS.seeds]
-    configs = {
-        (label, seed): base.replace(
-            **overrides, seed=seed,
-            output_dir=os.path.join(base.output_dir, label, f"seed{seed}"),
-        ).validate()
-        for label, overrides in variants.items()
-        for seed in seeds
-    }
+    configs = {}
+    for label, overrides in variants.items():
+        method_base = shared.for_loss(overrides.get("loss", shared.loss))
+        unset = [field for field in METHOD_FIELDS
+                 if getattr(shared, field) is not None and getattr(method_base, field) is None]
+        if unset:
+            print(f"note: {', '.join(unset)} unset for {label} (not a hyperparameter of "
+                  f"{method_base.loss})")
+        for seed in seeds:
+            try:
+                configs[label, seed] = method_base.replace(
+                    **overrides, seed=seed,
+                    output_dir=os.path.join(base.output_dir, label, f"seed{seed}"),
+                ).validate()
+            except ValueError as error:
+                raise app.UsageError(f"--variant {label}: {error}") from None
     if base.dry_run:
         for (label, seed), config in configs.items():
             print(f"{label} seed {seed}: dry run OK {experiment.dry_run(config)}")

@@ -14,8 +14,10 @@ import typing
 
 from absl import flags, logging
 
+from ice_tf import backbones, losses
 from ice_tf.config import ExperimentConfig
 
+_METHODS = ", ".join(losses.names())
 HELP = {
     "in_dataset": "In-distribution dataset (see ice_tf.data.names()).",
     "outlier_dataset": "Auxiliary outlier dataset for OE/Energy/ICE (e.g. embedded_outliers, tiny_images, imagenet32).",
@@ -25,13 +27,17 @@ HELP = {
     "data_dir": "TFDS data_dir holding prepared datasets.",
     "download": "Let TFDS download missing datasets (needs internet).",
     "limit_train": "Use only this many in-distribution training images (quick runs).",
-    "loss": "Training loss: ce, oe, energy, bce, ice, ice_minus.",
-    "loss_weight": "λ, the weight of the OOD terms; unset = the loss's default.",
-    "margin_in": "Energy loss m_in (CIFAR-10 -23, CIFAR-100 -27); unset = default.",
-    "margin_out": "Energy loss m_out; unset = default (-5).",
-    "head": "auto (Gaussian for ice/ice_minus, else linear), linear or gaussian.",
-    "score": "OOD score for evaluation; unset = the method's own (msp, energy, ice, ...).",
-    "backbone": "Backbone: wrn40_2, wrn34_10, densenet40_12, small_cnn.",
+    "loss": f"Training loss (the method): {_METHODS}.",
+    "loss_weight": "λ, the weight of the OOD terms; unset = the loss's default. "
+                   "Methods with a λ: " + ", ".join(
+                       n for n in losses.names() if "weight" in losses.spec(n).hyperparameters),
+    "margin_in": "Energy loss m_in (CIFAR-10 -23, CIFAR-100 -27); unset = default. Energy only.",
+    "margin_out": "Energy loss m_out; unset = default (-5). Energy only.",
+    "head": "auto (the method's own: " + ", ".join(
+        f"{n} {losses.spec(n).default_head}" for n in losses.names()) + "), linear or gaussian.",
+    "score": "OOD score for evaluation; unset = the method's own (" + ", ".join(
+        f"{n} {losses.spec(n).default_score}" for n in losses.names()) + ").",
+    "backbone": f"Backbone: {', '.join(backbones.names())}.",
     "dropout_rate": "Backbone dropout; unset = the backbone's default.",
     "schedule": "scratch or finetune (from init_checkpoint).",
     "init_checkpoint": "A .keras model to fine-tune from (finetune schedule).",
@@ -70,8 +76,12 @@ def _field_types():
     return {field.name: _base_type(hints[field.name]) for field in dataclasses.fields(ExperimentConfig)}
 
 
-def define_flags(exclude=(), flag_values=flags.FLAGS):
-    """Defines one absl flag per ExperimentConfig field (except `exclude`)."""
+def define_flags(exclude=(), flag_values=flags.FLAGS, shared_among_methods=False):
+    """Defines one absl flag per ExperimentConfig field (except `exclude`).
+
+    With `shared_among_methods` (scripts/compare.py) the flags are checked without the
+    method fields that `--loss` does not take: each compared method takes its own.
+    """
     types = _field_types()
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in exclude:
@@ -92,7 +102,10 @@ def define_flags(exclude=(), flag_values=flags.FLAGS):
 
     def _valid(values):
         try:
-            _config_from_values(values).validate()
+            config = _config_from_values(values)
+            if shared_among_methods:
+                config = config.for_loss(config.loss)
+            config.validate()
         except ValueError as error:
             raise flags.ValidationError(str(error)) from None
         return True
@@ -112,11 +125,19 @@ def _config_from_values(values):
     return ExperimentConfig.from_dict(values)
 
 
-def config_from_flags(flag_values=flags.FLAGS, **overrides):
-    """The frozen, validated config from parsed flags."""
+def config_from_flags(flag_values=flags.FLAGS, shared_among_methods=False, **overrides):
+    """The frozen, validated config from parsed flags.
+
+    With `shared_among_methods` the method fields that `loss` does not take are kept
+    (and not checked): `config.for_loss(name)` gives each method its own.
+    """
     names = _field_types()
     values = {name: flag_values[name].value for name in names if name in flag_values}
-    return _config_from_values(values).replace(**overrides).validate()
+    config = _config_from_values(values).replace(**overrides)
+    if shared_among_methods:
+        config.for_loss(config.loss).validate()
+        return config
+    return config.validate()
 
 
 def to_flagfile(config):

@@ -40,7 +40,6 @@ FLAGS = flags.FLAGS
 
 METHODS = ("oe", "energy", "ice")
 POST_HOC = (("MSP", "msp"), ("ODIN", "odin"), ("Mahalanobis", "mahalanobis"))
-DISPLAY = {"oe": "OE", "energy": "Energy", "ice": "ICE", "bce": "BCE", "ice_minus": "ICE⁻", "ce": "Plain"}
 COLUMNS = (("aupr_in", "AUPR-In ↑"), ("auroc", "AUROC ↑"), ("fpr95", "FPR95 ↓"))
 
 
@@ -94,11 +93,11 @@ def main(argv):
         overrides = experiment_flags.parse_overrides(FLAGS.set)
     except ValueError as error:
         raise app.UsageError(f"--set: {error}") from None
-    from ice_tf import detectors, evaluation, experiment
+    from ice_tf import detectors, evaluation, experiment, losses
     options = dict(odin_temperature=FLAGS.odin_temperature, odin_epsilon=FLAGS.odin_epsilon,
                    mahalanobis_epsilon=FLAGS.mahalanobis_epsilon, refit=FLAGS.refit)
     jobs = [(label, plain, score) for label, score in POST_HOC]
-    jobs += [(DISPLAY.get(label, label), path, None) for label, path in methods.items()]
+    jobs += [(losses.display_name(label), path, None) for label, path in methods.items()]
 
     rows, loaded, in_datasets, ood_labels = [], {}, set(), set()
     for index, (label, run_dir, score) in enumerate(jobs, 1):
@@ -118,7 +117,7 @@ def main(argv):
         )
         rows.append({
             "method": label,
-            "model": f"{DISPLAY.get(config.loss, config.loss)} ({config.head_kind} head)",
+            "model": f"{config.method.display_name} ({config.head_kind} head)",
             "run": run_dir,
             "score": detector.name,
             "score_text": describe(detector),

@@ -2,6 +2,7 @@
 
 import pytest
 
+from ice_tf import losses
 from ice_tf.config import ExperimentConfig, OODSetSpec
 
 
@@ -46,8 +47,27 @@ def test_round_trip_through_json():
         ({"dropout_rate": 1.0}, "dropout_rate"),
         ({"ood_datasets": ("svhn", "svhn")}, "unique"),
         ({"protocol": "openood"}, "choose one of: oe, full"),
+        ({"loss": "oe", "margin_in": -23.0}, r"margin_in does not apply to loss='oe' \(its "
+                                             r"hyperparameters: weight\); unset margin_in"),
+        ({"loss": "ce", "loss_weight": 0.5}, "loss_weight does not apply to loss='ce'"),
     ],
 )
 def test_validation_messages_name_the_fix(changes, message):
     with pytest.raises(ValueError, match=message):
         ExperimentConfig(**changes).validate()
+
+
+def test_for_loss_unsets_the_method_fields_another_method_does_not_take():
+    shared = ExperimentConfig(loss="energy", margin_in=-27.0, margin_out=-5.0, loss_weight=0.2)
+    assert shared.for_loss("ice").loss_kwargs() == {"weight": 0.2}
+    assert shared.for_loss("ice").margin_in is None
+    assert shared.for_loss("ce").loss_kwargs() == {} and shared.for_loss("ce").loss_weight is None
+    assert shared.for_loss("energy") == shared
+
+
+def test_the_method_spec_decides_head_and_score():
+    for name in losses.names():
+        spec = losses.spec(name)
+        config = ExperimentConfig(loss=name)
+        assert (config.head_kind, config.score_name) == (spec.default_head, spec.default_score)
+        assert set(config.loss_kwargs()) <= set(spec.hyperparameters)

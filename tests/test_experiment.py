@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_backbone
-from ice_tf import experiment, layers, models
+from ice_tf import experiment, export, layers, losses, models, scores
 from ice_tf.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,3 +118,26 @@ def test_train_evaluate_export_scripts(tmp_path):
     assert set(evaluation) == {"energy", "msp"} and "Score `msp`" in output
     _script("export.py", f"--model={run_dir / 'model.keras'}", f"--output={tmp_path / 'served'}")
     assert (tmp_path / "served" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("loss", ["ce", "oe", "energy", "bce", "ice", "ice_minus"])
+def test_every_method_serves_the_score_its_run_is_evaluated_with(loss):
+    config = ExperimentConfig(loss=loss, **TINY)
+    model = models.OODModel(tiny_backbone((28, 28, 1)), layers.make_head(config.head_kind, 10))
+    model.compile("sgd", loss=losses.get(config.loss, **config.loss_kwargs()))
+    assert export.default_score(model) == config.score_name == losses.spec(loss).default_score
+
+
+def test_a_run_exports_the_score_it_was_evaluated_with(tmp_path):
+    # Energy scored by max logit instead of its own energy score.
+    config = ExperimentConfig(loss="energy", score="max_logit", output_dir=str(tmp_path / "run"),
+                              **{**TINY, "ood_datasets": ("gaussian",)})
+    results = experiment.run(config, verbose=0)
+    assert results["score"] == "max_logit"
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype("float32")
+    served = tf.saved_model.load(str(tmp_path / "run" / "saved_model")).signatures[
+        "serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(served["score"].numpy(), scores.max_logit(model(images)).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(served["score"].numpy(), scores.energy(model(images)).numpy())

@@ -154,3 +154,32 @@ def test_build_model_by_names():
     assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
     with pytest.raises(ValueError, match="wrn40_2"):
         models.build_model("resnet18", (32, 32, 3), 10)
+
+
+class _SquaredOutlierLoss(losses.OODLoss):
+    """A new method as BUILD.md shows it: one class, one register line, a new term name."""
+
+    term_names = ("ce", "squared_out")
+    default_weight = 0.5
+    display_name = "Squared OE"
+
+    def extra_terms(self, labels, outputs_in, outputs_out):
+        return {"squared_out": tf.reduce_mean(tf.square(outputs_out))}
+
+
+def test_a_registered_method_trains_and_logs_its_own_terms():
+    from ice_tf.config import ExperimentConfig
+
+    losses.register("squared_oe", _SquaredOutlierLoss)
+    try:
+        config = ExperimentConfig(loss="squared_oe", loss_weight=0.1).validate()
+        assert (config.head_kind, config.score_name) == ("linear", "msp")
+        assert losses.spec("squared_oe").hyperparameters == {"weight": 0.5}
+        images, labels, outliers = blob_data()
+        model = models.OODModel(tiny_backbone(), layers.make_head("linear", 3))
+        model.compile(_sgd(), loss=losses.get("squared_oe", **config.loss_kwargs()))
+        history = model.fit(zipped_dataset(images, labels, outliers), epochs=1, verbose=0)
+        assert set(history.history) == {"loss", "ce", "squared_out", "accuracy"}
+        assert np.isfinite(history.history["squared_out"][-1])
+    finally:
+        losses.LOSSES.pop("squared_oe")

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from ice_tf import gda, run_folder
 from ice_tf.config import ANALYSES
 
 # A per-sample gradient below this magnitude is not counted as raising an output: it
@@ -37,7 +38,7 @@ CONFIDENCE_BINS = 20
 CONFIDENCE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 # Each analysis `ExperimentConfig.analyses` may name writes <run>/analysis/<name>.jsonl.
-ANALYSIS_DIR = "analysis"
+ANALYSIS_DIR = run_folder.ANALYSIS_DIR
 
 
 def analysis_path(run_dir, name):
@@ -152,13 +153,7 @@ def contradictory_fractions(loss, labels, outputs_in, outputs_out, tolerance=GRA
 def class_centres(features, labels, num_classes):
     """(K, d) float64 per-class means of `features`; NaN rows for absent classes."""
     features, labels = _rows_with_labels(features, labels, "features must be (N, d)")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}).")
-    sums = np.zeros((num_classes, features.shape[1]))
-    np.add.at(sums, labels, features)
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / counts[:, None]
+    return gda.class_means(features, labels, num_classes)
 
 
 def distribution_shift(features_in, labels, features_out, num_classes,

@@ -30,7 +30,7 @@ import time
 import keras
 import numpy as np
 
-from ice_tf import analysis, data, metrics, scores
+from ice_tf import analysis, metrics, run_data, scores
 
 DEFAULT_PROBE_BATCH = 256
 POOLED_OOD = "all"  # key of the pooled OOD sets in ConfidenceHistory records
@@ -236,25 +236,6 @@ class ConfidenceHistory(ProbeCallback):
 
 
 # ----------------------------------------------------------------- from a config
-def _load_images(config, name, split, limit, path=None, exclude_index_path=None):
-    """The first `limit` images (seeded subsample) and labels of a set, as the model sees them."""
-    from ice_tf import experiment  # imported here: experiment imports this module
-
-    dataset = data.make_eval_dataset(
-        name, split, image_shape=experiment.image_shape_of(config),
-        normalization=data.normalization(config.in_dataset), batch_size=limit, limit=limit,
-        seed=config.seed, data_dir=config.data_dir, path=path, download=config.download,
-        exclude_index_path=exclude_index_path,
-    )
-    images, labels = [], []
-    for batch_images, batch_labels in dataset:
-        images.append(batch_images.numpy())
-        labels.append(batch_labels.numpy())
-    if not images:
-        raise ValueError(f"the probe set {name}@{split} is empty.")
-    return np.concatenate(images), np.concatenate(labels)
-
-
 def build_probes(config, size=None):
     """The probe sets `config.analyses` needs, `size` images each (default
     `config.analysis_probe_size`).
@@ -266,22 +247,18 @@ def build_probes(config, size=None):
       "eval": in-distribution images of `config.eval_split`;
       "ood": {label: images} of every OOD set of `config.ood_datasets`.
     """
-    from ice_tf import experiment
-
     size = int(size or config.analysis_probe_size)
     wanted = set(config.analyses)
     probes = {}
     if wanted & {"gradient_meter", "shift"}:
-        probes["train"] = _load_images(config, config.in_dataset, "train", size)
-        name, path = experiment._substitute_for_dry_run(
-            config, config.outlier_dataset, config.outlier_path
-        )
+        probes["train"] = run_data.load_images(config, config.in_dataset, "train", size)
+        name, path = run_data.substitute(config, config.outlier_dataset, config.outlier_path)
         substituted = config.dry_run or name != config.outlier_dataset
         exclude = None if substituted else config.outlier_exclude_path
-        probes["outliers"] = _load_images(config, name, "train", size, path, exclude)[0]
+        probes["outliers"] = run_data.load_images(config, name, "train", size, path, exclude)[0]
     if "confidence" in wanted:
         # The evaluation sets themselves, `size` images of each.
-        in_dataset, ood_datasets = experiment.make_eval_data(
+        in_dataset, ood_datasets = run_data.make_eval_data(
             config.replace(eval_limit=size, eval_batch_size=size)
         )
         probes["eval"] = _images_of(in_dataset)

@@ -32,10 +32,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ice_tf import files
+from ice_tf import files, gda, run_folder
 from ice_tf import scores as scores_lib
 
-STATS_FILE = "mahalanobis_stats.npz"
+STATS_FILE = run_folder.STATS_FILE
 _STATS_FORMAT = 1
 
 
@@ -189,34 +189,25 @@ def class_statistics(model, dataset, num_classes=None, verbose=1):
     count = int(tf.data.experimental.cardinality(dataset))
     progbar = keras.utils.Progbar(count if count >= 0 else None, unit_name="batch") if verbose else None
     features_of = tf.function(lambda x: model.features(x, training=False), reduce_retracing=True)
-    sums = counts = scatter = None
+    accumulator = gda.Accumulator(num_classes)
     for images, labels in dataset:
-        z = np.asarray(features_of(images), np.float64)
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
         if labels.min(initial=0) < 0 or labels.max(initial=0) >= num_classes:
             raise ValueError(
                 f"training labels must lie in [0, {num_classes}); got {labels.min()}..{labels.max()}."
             )
-        if sums is None:
-            sums = np.zeros((num_classes, z.shape[1]))
-            counts = np.zeros(num_classes, np.int64)
-            scatter = np.zeros((z.shape[1], z.shape[1]))
-        np.add.at(sums, labels, z)
-        counts += np.bincount(labels, minlength=num_classes)
-        scatter += z.T @ z
+        accumulator.update(np.asarray(features_of(images), np.float64), labels)
         if progbar is not None:
             progbar.add(1)
-    if sums is None:
+    if accumulator.sums is None:
         raise ValueError("the training dataset for Mahalanobis statistics is empty.")
-    if np.any(counts == 0):
+    means, covariance, counts = accumulator.result()
+    if gda.missing_classes(counts):
         raise ValueError(
-            "Mahalanobis needs training images of every class; classes "
-            f"{np.flatnonzero(counts == 0).tolist()} have none."
+            f"Mahalanobis needs training images of every class; classes "
+            f"{gda.missing_classes(counts)} have none."
         )
-    means = sums / counts[:, None]
-    # Σ_i z z^T - Σ_c N_c μ_c μ_c^T is the within-class scatter (float64 keeps it exact enough).
-    covariance = (scatter - (means * counts[:, None]).T @ means) / counts.sum()
-    return means, (covariance + covariance.T) / 2, counts
+    return means, covariance, counts
 
 
 def tied_precision(covariance):
@@ -429,7 +420,7 @@ def default_stats_path(model_path):
     beside any other .keras file."""
     model_path = os.path.abspath(model_path)
     directory, base = os.path.split(model_path)
-    if base == "model.keras":
+    if base == run_folder.MODEL_FILE:
         return os.path.join(directory, STATS_FILE)
     return os.path.join(directory, f"{os.path.splitext(base)[0]}_{STATS_FILE}")
 
@@ -457,20 +448,8 @@ def for_run(name, config, model_path, *, odin_temperature=1000.0, odin_epsilon=0
     return OutputScore(name)
 
 
-def train_dataset_for(config):
-    """The run's training images, normalised and unaugmented, for fitting statistics."""
-    from ice_tf import data
-
-    shape = data.get_info(config.in_dataset).image_shape
-    return data.make_eval_dataset(
-        config.in_dataset, "train", image_shape=shape,
-        normalization=data.normalization(config.in_dataset), batch_size=config.eval_batch_size,
-        limit=config.limit_train, seed=config.seed, data_dir=config.data_dir, download=config.download,
-    )
-
-
 __all__ = [
     "Detector", "OutputScore", "ODIN", "Mahalanobis", "names", "get", "for_run",
-    "train_dataset_for", "default_stats_path", "class_statistics", "tied_precision",
+    "default_stats_path", "class_statistics", "tied_precision",
     "model_fingerprint", "save_statistics", "load_statistics", "STATS_FILE",
 ]

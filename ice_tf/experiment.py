@@ -1,19 +1,8 @@
 """One experiment, end to end: data, model, training, evaluation, export.
 
-`run(config)` writes into `config.output_dir`:
-
-  config.json          the frozen config
-  metrics.jsonl        one JSON line per epoch (loss terms, accuracy, learning rate)
-  analysis/            with `config.analyses`: one .jsonl per analysis (ice_tf.callbacks)
-  tensorboard/         TensorBoard logs
-  checkpoints/         `last.keras` after every epoch
-  model.keras          the trained model
-  saved_model/         the serving SavedModel (see `ice_tf.export`)
-  scores.npz           raw OOD scores of the evaluation (for ROC figures)
-  results.json         metrics (written last: its presence marks a finished run)
-  results.md           the same as a markdown table
-
-Scripts add `flags.txt`, a flag file that re-runs the experiment.
+`run(config)` writes the run folder `config.output_dir`; `ice_tf.run_folder` names
+its files and says what each holds. Scripts add `flags.txt`, a flag file that re-runs
+the experiment.
 """
 
 from __future__ import annotations
@@ -30,10 +19,12 @@ import tensorflow as tf
 
 from ice_tf import callbacks as callbacks_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
+from ice_tf import run_folder as folder_lib
 from ice_tf.config import ExperimentConfig
+from ice_tf.run_data import image_shape_of, make_eval_data, make_train_data, mock_sources
 from ice_tf.files import write_atomic  # noqa: F401  (scripts use experiment.write_atomic)
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = folder_lib.RESULTS_FILE
 
 
 class JsonLinesLogger(keras.callbacks.Callback):
@@ -54,74 +45,6 @@ class JsonLinesLogger(keras.callbacks.Callback):
         record["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         with open(self.path, "a") as stream:
             stream.write(json.dumps(record) + "\n")
-
-
-# ------------------------------------------------------------------ data
-@contextlib.contextmanager
-def _mock_sources():
-    """For dry runs: TFDS returns mock data and file-based sets are not read."""
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=16):
-        yield
-
-
-def _substitute_for_dry_run(config, name, path):
-    """File-based sets need user files; a dry run replaces them by Gaussian noise."""
-    if config.dry_run and data.get_info(name).kind == "files":
-        return "gaussian", None
-    return name, path
-
-
-def image_shape_of(config):
-    shape = data.get_info(config.in_dataset).image_shape
-    if shape is None:
-        raise ValueError(f"{config.in_dataset} has no fixed image size.")
-    return tuple(shape)
-
-
-def make_train_data(config, batch_in, batch_out):
-    outlier_name, outlier_path = None, None
-    if config.uses_outliers:
-        outlier_name, outlier_path = _substitute_for_dry_run(
-            config, config.outlier_dataset, config.outlier_path
-        )
-    return data.make_train_dataset(
-        config.in_dataset,
-        outlier_name,
-        image_shape=image_shape_of(config),
-        batch_in=batch_in,
-        batch_out=batch_out,
-        seed=config.seed,
-        augment=config.augment,
-        data_dir=config.data_dir,
-        outlier_path=outlier_path,
-        outlier_exclude_index_path=None if config.dry_run else config.outlier_exclude_path,
-        download=config.download,
-        limit=config.limit_train,
-    )
-
-
-def make_eval_data(config):
-    """The in-distribution evaluation split and a dict label -> OOD dataset."""
-    shape = image_shape_of(config)
-    normalization = data.normalization(config.in_dataset)
-    common = dict(
-        image_shape=shape,
-        normalization=normalization,
-        batch_size=config.eval_batch_size,
-        limit=config.eval_limit,
-        data_dir=config.data_dir,
-        download=config.download,
-    )
-    in_dataset = data.make_eval_dataset(config.in_dataset, config.eval_split, seed=config.seed, **common)
-    ood = {}
-    for spec in config.ood_set_specs:
-        name, path = _substitute_for_dry_run(config, spec.dataset, spec.path)
-        ood[spec.label] = data.make_eval_dataset(
-            name, spec.split if name == spec.dataset else "test", path=path, seed=config.seed, **common
-        )
-    return in_dataset, ood
 
 
 # ----------------------------------------------------------------- model
@@ -209,7 +132,7 @@ def dry_run(config):
     Returns a dict with the step's logs.
     """
     config = config.replace(dry_run=True).validate()
-    with _mock_sources():
+    with mock_sources():
         keras.utils.set_random_seed(config.seed)
         strategy = distribute.get_strategy(config.strategy)
         batch_in, batch_out = min(config.batch_in, 4), min(config.batch_out, 8)
@@ -246,8 +169,8 @@ def dry_run(config):
 def load_run(run_dir, **overrides):
     """(model, config, model_path) of a finished run folder (model.keras + config.json);
     `overrides` replace config fields (e.g. another protocol or OOD sets)."""
-    config_path = os.path.join(run_dir, "config.json")
-    model_path = os.path.join(run_dir, "model.keras")
+    config_path = folder_lib.path(run_dir, folder_lib.CONFIG_FILE)
+    model_path = folder_lib.path(run_dir, folder_lib.MODEL_FILE)
     for path in (config_path, model_path):
         if not os.path.exists(path):
             raise FileNotFoundError(
@@ -262,11 +185,11 @@ def load_run(run_dir, **overrides):
 def _prepare_output_dir(path):
     os.makedirs(path, exist_ok=True)
     # An earlier run's results must not make this one look finished.
-    for stale in (RESULTS_FILE, "results.md", "metrics.jsonl"):
+    for stale in folder_lib.STALE_FILES:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(path, stale))
-    for stale_dir in ("tensorboard", "checkpoints", "analysis"):
-        shutil.rmtree(os.path.join(path, stale_dir), ignore_errors=True)
+            os.remove(folder_lib.path(path, stale))
+    for stale_dir in folder_lib.STALE_DIRS:
+        shutil.rmtree(folder_lib.path(path, stale_dir), ignore_errors=True)
 
 
 def run(config: ExperimentConfig, verbose=1):
@@ -276,7 +199,7 @@ def run(config: ExperimentConfig, verbose=1):
     config = config.validate()
     out = config.output_dir
     _prepare_output_dir(out)
-    write_atomic(os.path.join(out, "config.json"), config.to_json() + "\n")
+    write_atomic(folder_lib.path(out, folder_lib.CONFIG_FILE), config.to_json() + "\n")
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -294,12 +217,13 @@ def run(config: ExperimentConfig, verbose=1):
                 loss=losses.get(config.loss, **config.loss_kwargs()),
                 weight_decay=config.weight_decay,
             )
-        os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+        os.makedirs(folder_lib.path(out, folder_lib.CHECKPOINTS_DIR), exist_ok=True)
         # Analyses first: they add their scalars to the logs the loggers below write.
         callbacks = callbacks_lib.analysis_callbacks(config, directory=out) + [
-            JsonLinesLogger(os.path.join(out, "metrics.jsonl")),
-            keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), update_freq="epoch"),
-            keras.callbacks.ModelCheckpoint(os.path.join(out, "checkpoints", "last.keras")),
+            JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE)),
+            keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
+                                        update_freq="epoch"),
+            keras.callbacks.ModelCheckpoint(folder_lib.path(out, folder_lib.LAST_CHECKPOINT)),
             keras.callbacks.TerminateOnNaN(),
         ]
         started = time.time()
@@ -313,7 +237,7 @@ def run(config: ExperimentConfig, verbose=1):
         train_seconds = time.time() - started
         if not np.all(np.isfinite(history.history["loss"])):
             raise FloatingPointError("training diverged (non-finite loss); no results written.")
-        model.save(os.path.join(out, "model.keras"))
+        model.save(folder_lib.path(out, folder_lib.MODEL_FILE))
 
         in_ds, ood_ds = make_eval_data(config)
         if verbose:
@@ -322,13 +246,12 @@ def run(config: ExperimentConfig, verbose=1):
             model, in_ds, ood_ds, score=config.score_name, protocol=config.protocol,
             num_draws=config.eval_draws, seed=config.seed, verbose=verbose, return_scores=True,
         )
-        np.savez_compressed(os.path.join(out, "scores.npz"), **{
-            key.replace("/", "_"): value for key, value in raw_scores.items()
-        })
+        folder_lib.save_scores(out, raw_scores)
         if config.export:
             # The served score is the one the run was evaluated with.
             export.export_saved_model(
-                model, os.path.join(out, "saved_model"), score=config.score_name, overwrite=True
+                model, folder_lib.path(out, folder_lib.SAVED_MODEL_DIR), score=config.score_name,
+                overwrite=True,
             )
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -337,8 +260,9 @@ def run(config: ExperimentConfig, verbose=1):
     results["epochs"] = config.epochs
     results["train_seconds"] = round(train_seconds, 1)
     title = f"{config.loss} ({config.head_kind} head, {config.backbone}) on {config.in_dataset}"
-    write_atomic(os.path.join(out, "results.md"), evaluation.results_markdown(results, title))
-    write_atomic(os.path.join(out, RESULTS_FILE), json.dumps(results, indent=2) + "\n")
+    write_atomic(folder_lib.path(out, folder_lib.RESULTS_MARKDOWN),
+                 evaluation.results_markdown(results, title))
+    write_atomic(folder_lib.path(out, RESULTS_FILE), json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ice_tf import gda
+
 # softplus(x) + _DIAG_SHIFT is the diagonal of L; the shift keeps L invertible.
 _DIAG_SHIFT = 1e-5
 
@@ -163,13 +165,11 @@ class GaussianLayer(keras.layers.Layer):
                 f"for {self.feature_dim}."
             )
         labels = _validate_labels(labels, self.num_classes)
-        counts = np.bincount(labels, minlength=self.num_classes)
-        if np.any(counts == 0):
-            missing = np.flatnonzero(counts == 0).tolist()
-            raise ValueError(f"every class needs at least one sample; missing classes: {missing}.")
-        means = np.stack([features[labels == k].mean(axis=0) for k in range(self.num_classes)])
-        centred = features - means[labels]
-        covariance = centred.T @ centred / features.shape[0]
+        means, covariance, counts = gda.fit(features, labels, self.num_classes)
+        if gda.missing_classes(counts):
+            raise ValueError(
+                f"every class needs at least one sample; missing classes: {gda.missing_classes(counts)}."
+            )
         # Ridge: `ridge` times the mean variance on the diagonal. Directions where the
         # features barely vary (dead ReLU units, d > n) would otherwise get a near-zero
         # scale, and training would blow up the first time a feature moves along them.

@@ -5,7 +5,7 @@
   the same folder and `os.replace`, so a failed run never leaves half a PNG
   (`save_png`).
 * Run folders (`<runs_dir>/<method>/seed<k>`, as scripts/compare.py writes them):
-  `run_folders`, `check_run_folders`, `load_scores`.
+  `run_folders`, `check_run_folders`, `load_scores` from `ice_tf.run_folder`.
 * t-SNE for Fig. 4 (`tsne_embedding`). scikit-learn's TSNE has no `transform`, so OOD
   features are placed in one of two ways:
     "joint" (default): one t-SNE fitted on in-distribution and OOD features together;
@@ -28,10 +28,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ice_tf import files
+from ice_tf import files, run_folder
 
-DEMO_COMMAND = "python scripts/compare.py --flagfile=flags/demo.flags"
-"""The command that creates the default run folders (runs/demo/<method>/seed1)."""
+DEMO_COMMAND = run_folder.DEMO_COMMAND
 
 DEFAULT_METHODS = ("ce", "oe", "energy", "ice")
 PLACEMENTS = ("joint", "knn")
@@ -80,53 +79,15 @@ def method_label(name):
 
 
 # ------------------------------------------------------------- run folders
-def parse_run_spec(spec):
-    """'label:folder' -> (label, folder)."""
-    label, sep, folder = spec.partition(":")
-    if not sep or not label.strip() or not folder.strip():
-        raise ValueError(f"run spec {spec!r}: use label:folder, e.g. ice:runs/demo/ice/seed1.")
-    return label.strip(), folder.strip()
+# Kept here for the figure scripts; ice_tf.run_folder owns them.
+parse_run_spec = run_folder.parse_label_folder
+check_run_folders = run_folder.check_run_folders
+load_scores = run_folder.load_scores
 
 
 def run_folders(runs_dir="runs/demo", methods=DEFAULT_METHODS, run_seed=1, run_specs=()):
-    """label -> run folder: from explicit 'label:folder' specs if any, else
-    <runs_dir>/<method>/seed<run_seed> for each method (scripts/compare.py's layout)."""
-    if run_specs:
-        folders = dict(parse_run_spec(spec) for spec in run_specs)
-        if len(folders) != len(run_specs):
-            raise ValueError(f"run labels must be unique; got {list(run_specs)}.")
-        return folders
-    if not methods:
-        raise ValueError("no runs: give methods (with runs_dir) or label:folder run specs.")
-    return {method: os.path.join(runs_dir, method, f"seed{int(run_seed)}") for method in methods}
-
-
-def check_run_folders(folders, required_files, command=DEMO_COMMAND):
-    """Raises FileNotFoundError naming every run folder that lacks a required file,
-    and the command that creates the runs."""
-    missing = [
-        os.path.join(folder, name)
-        for folder in folders.values()
-        for name in required_files
-        if not os.path.isfile(os.path.join(folder, name))
-    ]
-    if missing:
-        raise FileNotFoundError(
-            f"missing run files: {', '.join(missing)}. Train the runs first, e.g. with "
-            f"`{command}` (writes runs/demo/<method>/seed1), or point --runs_dir/--run at "
-            "existing run folders."
-        )
-
-
-def load_scores(folder):
-    """{"in": scores, label: scores, ...} from a run folder's scores.npz (float64 arrays;
-    higher = more in-distribution)."""
-    path = os.path.join(folder, "scores.npz")
-    with np.load(path) as archive:
-        scores = {key: np.asarray(archive[key], dtype=np.float64) for key in archive.files}
-    if "in" not in scores or len(scores) < 2:
-        raise ValueError(f"{path} must hold 'in' and at least one OOD set; it has {sorted(scores)}.")
-    return scores
+    """label -> run folder (`ice_tf.run_folder.run_folders`, with the demo's methods)."""
+    return run_folder.run_folders(runs_dir, methods, run_seed, run_specs)
 
 
 # ------------------------------------------------------------------- t-SNE

@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ice_tf import gda as gda_lib
+
 SHIFT_METHODS = ("oe", "ice")
 """Methods of the distribution-shift toy, each with its head: oe linear, ice Gaussian."""
 
@@ -82,9 +84,7 @@ def fit_gda(z, labels, num_classes):
             f"fit_gda needs (n, d) features and n labels covering all of [0, {num_classes}); "
             f"got shapes {z.shape}, {labels.shape} and class counts {counts.tolist()}."
         )
-    means = np.stack([z[labels == k].mean(axis=0) for k in range(num_classes)])
-    centred = z - means[labels]
-    covariance = centred.T @ centred / len(z)
+    means, covariance, _ = gda_lib.fit(z, labels, num_classes)
     weights = np.linalg.solve(covariance, means.T).T
     biases = -0.5 * np.sum(weights * means, axis=1)
     return GDA(means, covariance, weights, biases)
@@ -198,9 +198,8 @@ def distribution_shift_toy(num_classes=3, num_per_class=40, num_outliers=80, nea
 
 
 def class_means(z, labels, num_classes):
-    """(K, d) mean feature of each class."""
-    z = np.asarray(z, dtype=np.float64)
-    return np.stack([z[labels == k].mean(axis=0) for k in range(num_classes)])
+    """(K, d) mean feature of each class (`ice_tf.gda.class_means`)."""
+    return gda_lib.class_means(z, labels, num_classes)
 
 
 def nearest_mean_distance(points, means):

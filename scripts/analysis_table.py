@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from ice_tf import analysis, files, plotting
+from ice_tf import analysis, files, plotting, run_folder
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <label>/seed<k>/ run folders.")
 flags.DEFINE_integer("seed", 1, "With --runs_dir: the seed folder read for every method.")
@@ -47,7 +47,7 @@ def find_runs(runs_dir, seed):
     """{label: run_dir} for <runs_dir>/<label>/seed<seed> folders that hold analyses."""
     runs = {}
     for label in sorted(os.listdir(runs_dir), key=_sort_key):
-        run_dir = os.path.join(runs_dir, label, f"seed{seed}")
+        run_dir = run_folder.method_run(runs_dir, label, seed)
         if os.path.isdir(os.path.join(run_dir, analysis.ANALYSIS_DIR)):
             runs[label] = run_dir
     return runs
@@ -55,7 +55,7 @@ def find_runs(runs_dir, seed):
 
 def parse_runs(specs):
     try:
-        return dict(plotting.parse_run_spec(spec) for spec in specs)
+        return dict(run_folder.parse_label_folder(spec) for spec in specs)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
 

@@ -41,7 +41,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 import experiment_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import calibration, evaluation, experiment, plotting, scores  # noqa: E402
+from ice_tf import calibration, evaluation, experiment, plotting, run_data, run_folder, scores  # noqa: E402
 
 CREATE_RUNS = "python scripts/compare.py --flagfile=flags/demo.flags"
 
@@ -72,8 +72,9 @@ def run_folders(runs_dir, methods, seed, run_specs):
     if runs_dir and not run_specs and os.path.normpath(runs_dir) != os.path.normpath("runs/demo"):
         command += f" --output_dir={runs_dir}"
     try:
-        folders = plotting.run_folders(runs_dir, methods, seed, run_specs)
-        plotting.check_run_folders(folders, ("model.keras", "config.json"), command=command)
+        folders = run_folder.run_folders(runs_dir, methods, seed, run_specs)
+        run_folder.check_run_folders(folders, (run_folder.MODEL_FILE, run_folder.CONFIG_FILE),
+                                     command=command)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from None
     return folders
@@ -218,7 +219,7 @@ def main(argv):
         model, config, _ = experiment.load_run(folder, **overrides)
         key = _eval_data_key(config)
         if key not in eval_data:  # runs of one comparison share their evaluation pipelines
-            eval_data[key] = experiment.make_eval_data(config)
+            eval_data[key] = run_data.make_eval_data(config)
         confidence_in, confidence_out = model_confidences(model, *eval_data[key], label)
         result = calibrate(confidence_in, confidence_out, FLAGS.ood_fraction, FLAGS.num_bins,
                            FLAGS.mixture_seed)

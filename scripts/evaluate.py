@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import detectors, evaluation, experiment  # noqa: E402
+from ice_tf import detectors, evaluation, experiment, run_data  # noqa: E402
 from ice_tf.config import ExperimentConfig  # noqa: E402
 
 flags.DEFINE_string("model", None, "A run folder (with model.keras and config.json) or a .keras file.")
@@ -69,7 +69,7 @@ def main(argv):
     model, config, model_path = load_run(FLAGS.model)
     overrides = experiment_flags.parse_overrides(FLAGS.set)
     config = config.replace(**overrides).validate()
-    in_ds, ood_ds = experiment.make_eval_data(config)
+    in_ds, ood_ds = run_data.make_eval_data(config)
     reports, all_results = [], {}
     for score in FLAGS.scores or [config.score_name]:
         print(f"Score {score}:")
@@ -79,7 +79,7 @@ def main(argv):
             refit=FLAGS.refit,
         )
         if detector.needs_fit:
-            detector.fit(model, detectors.train_dataset_for(config))
+            detector.fit(model, run_data.statistics_data(config))
         results = evaluation.evaluate_model(
             model, in_ds, ood_ds, score=detector, protocol=config.protocol,
             num_draws=config.eval_draws, seed=config.seed,

@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
+from ice_tf import run_folder  # noqa: E402  (light: no TensorFlow)
 
 # TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
 
@@ -47,18 +48,19 @@ def parse_runs(runs_dir, seed, plain, method_specs):
     """(plain run folder, {label: run folder}) from --runs_dir, --plain and --method."""
     methods = {}
     if runs_dir:
-        plain = plain or os.path.join(runs_dir, "ce", f"seed{seed}")
-        methods = {m: os.path.join(runs_dir, m, f"seed{seed}") for m in METHODS}
+        plain = plain or run_folder.method_run(runs_dir, "ce", seed)
+        methods = run_folder.run_folders(runs_dir, METHODS, seed)
     for spec in method_specs:
-        label, sep, path = spec.partition(":")
-        if not sep or not label or not path:
-            raise app.UsageError(f"--method={spec!r}: use label:RUN_DIR.")
+        try:
+            label, path = run_folder.parse_label_folder(spec)
+        except ValueError:
+            raise app.UsageError(f"--method={spec!r}: use label:RUN_DIR.") from None
         methods[label] = path
     if not plain:
         raise app.UsageError("give --runs_dir or --plain (the CE-trained run).")
     for path in [plain, *methods.values()]:
-        for name in ("config.json", "model.keras"):
-            if not os.path.exists(os.path.join(path, name)):
+        for name in (run_folder.CONFIG_FILE, run_folder.MODEL_FILE):
+            if not os.path.exists(run_folder.path(path, name)):
                 raise app.UsageError(f"{path} is not a finished run folder (no {name}).")
     return plain, methods
 
@@ -93,7 +95,7 @@ def main(argv):
         overrides = experiment_flags.parse_overrides(FLAGS.set)
     except ValueError as error:
         raise app.UsageError(f"--set: {error}") from None
-    from ice_tf import detectors, evaluation, experiment, losses
+    from ice_tf import detectors, evaluation, experiment, losses, run_data
     options = dict(odin_temperature=FLAGS.odin_temperature, odin_epsilon=FLAGS.odin_epsilon,
                    mahalanobis_epsilon=FLAGS.mahalanobis_epsilon, refit=FLAGS.refit)
     jobs = [(label, plain, score) for label, score in POST_HOC]
@@ -103,14 +105,14 @@ def main(argv):
     for index, (label, run_dir, score) in enumerate(jobs, 1):
         if run_dir not in loaded:
             model, config, model_path = experiment.load_run(run_dir, **overrides)
-            loaded = {run_dir: (model, config, model_path, experiment.make_eval_data(config))}
+            loaded = {run_dir: (model, config, model_path, run_data.make_eval_data(config))}
         model, config, model_path, (in_ds, ood_ds) = loaded[run_dir]
         in_datasets.add(config.in_dataset)
         ood_labels.add(tuple(ood_ds))
         detector = detectors.for_run(score or config.score_name, config, model_path, **options)
         print(f"\n=== [{index}/{len(jobs)}] {label}: {describe(detector)} on {run_dir}")
         if detector.needs_fit:
-            detector.fit(model, detectors.train_dataset_for(config))
+            detector.fit(model, run_data.statistics_data(config))
         results = evaluation.evaluate_model(
             model, in_ds, ood_ds, score=detector, protocol=config.protocol,
             num_draws=config.eval_draws, seed=config.seed,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import detectors, experiment, layers, models, scores
+from ice_tf import detectors, experiment, layers, models, run_data, scores
 from ice_tf.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,7 +250,7 @@ def test_train_dataset_for_reads_the_runs_training_images_unaugmented():
     from ice_tf import data
 
     config = ExperimentConfig(limit_train=50, eval_batch_size=20, seed=3)
-    batches = list(detectors.train_dataset_for(config))
+    batches = list(run_data.statistics_data(config))
     images = np.concatenate([x.numpy() for x, _ in batches])
     assert [len(x) for x, _ in batches] == [20, 20, 10] and images.shape[1:] == (28, 28, 1)
     mean, std = data.normalization(config.in_dataset)

@@ -9,7 +9,7 @@ writes them) the penultimate features z = `model.features(x)` of `--num_in`
 in-distribution test images and `--num_ood` images of one OOD test set are embedded in
 2-D with t-SNE; in-distribution points are coloured by class, OOD points are black.
 Every panel shows the same images: the evaluation sets are built from each run's
-config (`ice_tf.experiment.make_eval_data`) with the figure's --seed.
+config (`ice_tf.run_data.make_eval_data`) with the figure's --seed.
 
 scikit-learn's TSNE cannot transform new points, so `--placement` chooses how OOD
 features are placed:
@@ -75,7 +75,7 @@ def default_ood_label(config):
 
 def features_of(model, config, ood_label, num_in, num_ood, seed):
     """(features_in, labels_in, features_ood) of a seeded subsample of the evaluation sets."""
-    from ice_tf import experiment
+    from ice_tf import run_data
 
     labels = [spec.label for spec in config.ood_set_specs]
     if ood_label not in labels:
@@ -85,8 +85,8 @@ def features_of(model, config, ood_label, num_in, num_ood, seed):
     spec_text = config.ood_datasets[labels.index(ood_label)]
     # eval_limit is a seeded subsample of each set: the same images for every run.
     config = config.replace(seed=seed, eval_limit=num_in, ood_datasets=(spec_text,))
-    in_dataset, _ = experiment.make_eval_data(config)
-    _, ood_datasets = experiment.make_eval_data(config.replace(eval_limit=num_ood))
+    in_dataset, _ = run_data.make_eval_data(config)
+    _, ood_datasets = run_data.make_eval_data(config.replace(eval_limit=num_ood))
 
     def collect(dataset):
         features, labels = [], []

@@ -14,7 +14,6 @@ across epochs. One panel per --run. Output: --output (default
 """
 
 import io
-import json
 import os
 
 import matplotlib
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-from ice_tf import analysis, files  # noqa: E402
+from ice_tf import analysis, files, run_folder  # noqa: E402
 
 flags.DEFINE_multi_string("run", None,
                           "A run folder, or label:run_folder (repeatable: one panel each).")
@@ -45,11 +44,7 @@ def parse_run(spec):
     if not sep or os.sep in label:
         label, run_dir = None, spec
     if label is None:
-        config_path = os.path.join(run_dir, "config.json")
-        label = os.path.basename(os.path.normpath(run_dir))
-        if os.path.exists(config_path):
-            with open(config_path) as stream:
-                label = json.load(stream).get("loss", label)
+        label = run_folder.method_of(run_dir) or os.path.basename(os.path.normpath(run_dir))
     return label, run_dir
 
 

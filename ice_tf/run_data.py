@@ -1,0 +1,123 @@
+"""The datasets of one run: an `ExperimentConfig` turned into `ice_tf.data` pipelines.
+
+The one place where config fields meet the data registry, used by the experiment,
+the analysis callbacks and the post-hoc detectors alike:
+
+  image_shape_of(config)        the in-distribution image shape every set is adapted to
+  make_train_data(config, ...)  ((x, y), x_outliers) training batches and steps per epoch
+  make_eval_data(config)        the in-distribution evaluation split and {label: OOD set}
+  statistics_data(config)       unaugmented training images for fitted statistics
+  load_images(config, ...)      a small seeded sample of a set as arrays (probes)
+  mock_sources()                TFDS mock data for dry runs; file-based sets become noise
+
+Example:
+  config = ExperimentConfig(backbone="small_cnn", epochs=1)
+  train_ds, steps = make_train_data(config, config.batch_in, config.batch_out)
+  in_ds, ood = make_eval_data(config)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ice_tf import data
+
+
+@contextlib.contextmanager
+def mock_sources():
+    """For dry runs: TFDS returns mock data (file-based sets are replaced by `substitute`)."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=16):
+        yield
+
+
+def substitute(config, name, path):
+    """(name, path) of a set; in a dry run a file-based set, which needs the user's
+    files, becomes Gaussian noise."""
+    if config.dry_run and data.get_info(name).kind == "files":
+        return "gaussian", None
+    return name, path
+
+
+def image_shape_of(config):
+    """(H, W, C) of the in-distribution set."""
+    shape = data.get_info(config.in_dataset).image_shape
+    if shape is None:
+        raise ValueError(f"{config.in_dataset} has no fixed image size.")
+    return tuple(shape)
+
+
+def make_train_data(config, batch_in, batch_out):
+    """(dataset of ((x, y), x_outliers) or (x, y) batches, steps per epoch)."""
+    outlier_name, outlier_path = None, None
+    if config.uses_outliers:
+        outlier_name, outlier_path = substitute(config, config.outlier_dataset, config.outlier_path)
+    return data.make_train_dataset(
+        config.in_dataset,
+        outlier_name,
+        image_shape=image_shape_of(config),
+        batch_in=batch_in,
+        batch_out=batch_out,
+        seed=config.seed,
+        augment=config.augment,
+        data_dir=config.data_dir,
+        outlier_path=outlier_path,
+        outlier_exclude_index_path=None if config.dry_run else config.outlier_exclude_path,
+        download=config.download,
+        limit=config.limit_train,
+    )
+
+
+def _eval_options(config, **changes):
+    options = dict(
+        image_shape=image_shape_of(config),
+        normalization=data.normalization(config.in_dataset),
+        batch_size=config.eval_batch_size,
+        limit=config.eval_limit,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        download=config.download,
+    )
+    options.update(changes)
+    return options
+
+
+def make_eval_data(config):
+    """The in-distribution evaluation split and a dict label -> OOD dataset."""
+    in_dataset = data.make_eval_dataset(config.in_dataset, config.eval_split, **_eval_options(config))
+    ood = {}
+    for spec in config.ood_set_specs:
+        name, path = substitute(config, spec.dataset, spec.path)
+        split = spec.split if name == spec.dataset else "test"
+        ood[spec.label] = data.make_eval_dataset(name, split, path=path, **_eval_options(config))
+    return in_dataset, ood
+
+
+def statistics_data(config):
+    """The run's training images, normalised and unaugmented, for fitting statistics
+    (Mahalanobis): `limit_train` images, seeded as training samples them."""
+    return data.make_eval_dataset(config.in_dataset, "train", **_eval_options(
+        config, limit=config.limit_train))
+
+
+def load_images(config, name, split, limit, path=None, exclude_index_path=None):
+    """(images, labels) arrays: the first `limit` images (seeded subsample) of a set,
+    as the model sees them."""
+    dataset = data.make_eval_dataset(name, split, path=path, exclude_index_path=exclude_index_path,
+                                     **_eval_options(config, batch_size=limit, limit=limit))
+    images, labels = [], []
+    for batch_images, batch_labels in dataset:
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    if not images:
+        raise ValueError(f"the set {name}@{split} is empty.")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+__all__ = [
+    "mock_sources", "substitute", "image_shape_of", "make_train_data", "make_eval_data",
+    "statistics_data", "load_images",
+]

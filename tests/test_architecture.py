@@ -1,0 +1,94 @@
+"""The package's import graph: no module of ice_tf imports, even inside a function, a
+module that imports it back (directly or through others)."""
+
+import ast
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, "ice_tf")
+
+
+def _modules():
+    """{dotted module name: path} of every module under ice_tf/."""
+    found = {}
+    for folder, _, names in os.walk(PACKAGE):
+        for name in names:
+            if name.endswith(".py"):
+                relative = os.path.relpath(os.path.join(folder, name), REPO)[:-3]
+                dotted = relative.replace(os.sep, ".")
+                found[dotted[: -len(".__init__")] if dotted.endswith(".__init__") else dotted] = (
+                    os.path.join(folder, name))
+    return found
+
+
+def import_graph():
+    """{module: set of ice_tf modules it imports anywhere in its body}."""
+    modules = _modules()
+    graph = {}
+    for module, path in modules.items():
+        is_package = path.endswith("__init__.py")
+        package = module if is_package else module.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{parent}.{base}" if base else parent
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                           for alias in node.names]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                # A module inside a package may reach its siblings through the package.
+                if target and target != module and not (target == package and not is_package):
+                    edges.add(target)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules, or None."""
+    state = {}
+
+    def visit(module, stack):
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target, stack)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module, [])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_no_import_cycle_among_ice_tf_modules():
+    graph = {module: edges for module, edges in import_graph().items() if module != "ice_tf"}
+    graph = {module: edges - {"ice_tf"} for module, edges in graph.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_graph_sees_imports_inside_functions():
+    graph = import_graph()
+    assert "ice_tf.backbones" in graph["ice_tf.models"]  # imported inside build_model
+    assert "ice_tf.run_data" in graph["ice_tf.callbacks"]

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -50,6 +51,35 @@ def probe_outputs(model, images, batch_size=DEFAULT_PROBE_BATCH):
     if not (np.all(np.isfinite(features)) and np.all(np.isfinite(outputs))):
         raise FloatingPointError("the model's features or outputs are not finite (training diverged).")
     return features, outputs
+
+
+class JsonLinesLogger(keras.callbacks.Callback):
+    """Appends each epoch's logs (and the learning rate) as one JSON line, flushed at once.
+
+    Non-finite values are written as null, so that every line is strict JSON.
+
+    Example:
+      model.fit(train_ds, epochs=3, callbacks=[JsonLinesLogger("run/metrics.jsonl")])
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2)}
+        record.update({key: float(value) for key, value in (logs or {}).items()})
+        optimizer = self.model.optimizer
+        record["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        record = {key: value if not isinstance(value, float) or math.isfinite(value) else None
+                  for key, value in record.items()}
+        with open(self.path, "a") as stream:
+            stream.write(json.dumps(record, allow_nan=False) + "\n")
+            stream.flush()
 
 
 class ProbeCallback(keras.callbacks.Callback):
@@ -304,6 +334,7 @@ def analysis_callbacks(config, directory=None, probe_size=None):
 
 
 __all__ = [
+    "JsonLinesLogger",
     "ProbeCallback",
     "ContradictoryGradientMeter",
     "DistributionShiftTracker",

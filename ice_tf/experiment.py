@@ -22,29 +22,10 @@ from ice_tf import data, distribute, evaluation, export, losses, models
 from ice_tf import run_folder as folder_lib
 from ice_tf.config import ExperimentConfig
 from ice_tf.run_data import image_shape_of, make_eval_data, make_train_data, mock_sources
+from ice_tf.callbacks import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
 from ice_tf.files import write_atomic  # noqa: F401  (scripts use experiment.write_atomic)
 
 RESULTS_FILE = folder_lib.RESULTS_FILE
-
-
-class JsonLinesLogger(keras.callbacks.Callback):
-    """Appends each epoch's logs (and the learning rate) as one JSON line."""
-
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
-        self._start = None
-
-    def on_train_begin(self, logs=None):
-        self._start = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2)}
-        record.update({key: float(value) for key, value in (logs or {}).items()})
-        optimizer = self.model.optimizer
-        record["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        with open(self.path, "a") as stream:
-            stream.write(json.dumps(record) + "\n")
 
 
 # ----------------------------------------------------------------- model
@@ -113,7 +94,8 @@ def fit_gaussian_head(model, train_dataset, num_batches, ridge=FINETUNE_RIDGE, v
     return model
 
 
-def build(config, strategy):
+def build_model(config, strategy):
+    """The run's `OODModel` (backbone, head by `config.head_kind`), inside `strategy.scope()`."""
     num_classes = data.get_info(config.in_dataset).num_classes
     return models.build_model(
         config.backbone,
@@ -125,45 +107,61 @@ def build(config, strategy):
     )
 
 
+build = build_model  # the earlier name
+
+
 # ------------------------------------------------------------------- run
 def dry_run(config):
-    """Builds data and model and runs one training step on mock data; writes nothing.
+    """`run` with mock sources and one step, writing nothing; returns the step's logs.
 
-    Returns a dict with the step's logs.
+    Example:
+      dry_run(ExperimentConfig(backbone="small_cnn"))  # {'loss': ..., 'accuracy': ...}
     """
-    config = config.replace(dry_run=True).validate()
-    with mock_sources():
-        keras.utils.set_random_seed(config.seed)
-        strategy = distribute.get_strategy(config.strategy)
-        batch_in, batch_out = min(config.batch_in, 4), min(config.batch_out, 8)
-        train_ds, _ = make_train_data(config, batch_in, batch_out)
-        with strategy.scope():
-            model = build(config, strategy)
-            if config.schedule == "finetune" and model.gaussian_head:
-                images, labels = next(iter(data.make_eval_dataset(
-                    config.in_dataset, "train", image_shape=image_shape_of(config),
-                    normalization=data.normalization(config.in_dataset), batch_size=16,
-                )))
-                features = model.features(images).numpy()
-                features = np.concatenate([features] * 2)
-                labels = np.concatenate([labels.numpy(), np.arange(16) % model.num_classes])
-                model.head.initialize_from_features(
-                    features, labels, ridge=FINETUNE_RIDGE, calibrate_scale=True
-                )
-            model.compile(
-                build_optimizer(config, 1),
-                loss=losses.get(config.loss, **config.loss_kwargs()),
-                weight_decay=config.weight_decay,
-                run_eagerly=True,  # one step: tracing would cost more than it saves
+    return run(config.replace(dry_run=True), verbose=0)
+
+
+def _train(config, out, verbose):
+    """Everything before evaluation, for a real run and a dry run alike: seed, strategy,
+    data, model, fine-tune start, compile, callbacks and `fit`. A dry run (`out` None)
+    takes one step of at most 4 + 8 images, on mock data, and writes nothing; it has
+    no checkpoint to start a fine-tune from, so its model keeps its initialisation."""
+    dry = out is None
+    keras.utils.set_random_seed(config.seed)
+    strategy = distribute.get_strategy(config.strategy)
+    batch_in, batch_out = (min(config.batch_in, 4), min(config.batch_out, 8)) if dry else (
+        config.batch_in, config.batch_out)
+    train_ds, steps_per_epoch = make_train_data(config, batch_in, batch_out)
+    epochs, steps_per_epoch = (1, 1) if dry else (config.epochs, steps_per_epoch)
+    with strategy.scope():
+        model = build_model(config, strategy)
+        if config.schedule == "finetune" and not dry:
+            initialize_from_checkpoint(
+                model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
             )
-        # Analyses on 8-image probes, recorded in memory only.
-        analyses = callbacks_lib.analysis_callbacks(config, directory=None, probe_size=8)
-        history = model.fit(train_ds, epochs=1, steps_per_epoch=1, verbose=0, callbacks=analyses)
-        make_eval_data(config)  # builds every evaluation pipeline
-    logs = {key: float(values[-1]) for key, values in history.history.items()}
-    if not all(np.isfinite(list(logs.values()))):
-        raise FloatingPointError(f"dry run produced non-finite values: {logs}")
-    return logs
+        model.compile(
+            build_optimizer(config, epochs * steps_per_epoch),
+            loss=losses.get(config.loss, **config.loss_kwargs()),
+            weight_decay=config.weight_decay,
+            run_eagerly=dry,  # one step: tracing would cost more than it saves
+        )
+    # Analyses first: they add their scalars to the logs the loggers below write.
+    callbacks = callbacks_lib.analysis_callbacks(
+        config, directory=out, probe_size=8 if dry else None)
+    if not dry:
+        os.makedirs(folder_lib.path(out, folder_lib.CHECKPOINTS_DIR), exist_ok=True)
+        callbacks += [
+            JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE)),
+            keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
+                                        update_freq="epoch"),
+            keras.callbacks.ModelCheckpoint(folder_lib.path(out, folder_lib.LAST_CHECKPOINT)),
+        ]
+    callbacks.append(keras.callbacks.TerminateOnNaN())
+    started = time.time()
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        callbacks=callbacks, verbose=verbose and 1)
+    if not np.all(np.isfinite(history.history["loss"])):
+        raise FloatingPointError("training diverged (non-finite loss); no results written.")
+    return model, history, time.time() - started
 
 
 def load_run(run_dir, **overrides):
@@ -193,50 +191,27 @@ def _prepare_output_dir(path):
 
 
 def run(config: ExperimentConfig, verbose=1):
-    """Trains, evaluates and exports one model; returns the results dict."""
-    if config.dry_run:
-        return dry_run(config)
+    """Trains, evaluates and exports one model; returns the results dict.
+
+    With `config.dry_run` the same path runs on mock data for one step, builds every
+    evaluation pipeline, writes nothing and returns the step's logs.
+
+    Example:
+      results = run(ExperimentConfig(backbone="small_cnn", epochs=6, output_dir="runs/ice"))
+    """
     config = config.validate()
-    out = config.output_dir
-    _prepare_output_dir(out)
-    write_atomic(folder_lib.path(out, folder_lib.CONFIG_FILE), config.to_json() + "\n")
-    keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        strategy = distribute.get_strategy(config.strategy)
-        train_ds, steps_per_epoch = make_train_data(config, config.batch_in, config.batch_out)
-        with strategy.scope():
-            model = build(config, strategy)
-            if config.schedule == "finetune":
-                initialize_from_checkpoint(
-                    model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
-                )
-            model.compile(
-                build_optimizer(config, config.epochs * steps_per_epoch),
-                loss=losses.get(config.loss, **config.loss_kwargs()),
-                weight_decay=config.weight_decay,
-            )
-        os.makedirs(folder_lib.path(out, folder_lib.CHECKPOINTS_DIR), exist_ok=True)
-        # Analyses first: they add their scalars to the logs the loggers below write.
-        callbacks = callbacks_lib.analysis_callbacks(config, directory=out) + [
-            JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE)),
-            keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
-                                        update_freq="epoch"),
-            keras.callbacks.ModelCheckpoint(folder_lib.path(out, folder_lib.LAST_CHECKPOINT)),
-            keras.callbacks.TerminateOnNaN(),
-        ]
-        started = time.time()
-        history = model.fit(
-            train_ds,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            verbose=verbose and 1,
-        )
-        train_seconds = time.time() - started
-        if not np.all(np.isfinite(history.history["loss"])):
-            raise FloatingPointError("training diverged (non-finite loss); no results written.")
+        if config.dry_run:
+            with mock_sources():
+                _, history, _ = _train(config, None, verbose=0)
+                make_eval_data(config)  # builds every evaluation pipeline
+            return {key: float(values[-1]) for key, values in history.history.items()}
+        out = config.output_dir
+        _prepare_output_dir(out)
+        write_atomic(folder_lib.path(out, folder_lib.CONFIG_FILE), config.to_json() + "\n")
+        model, _, train_seconds = _train(config, out, verbose)
         model.save(folder_lib.path(out, folder_lib.MODEL_FILE))
 
         in_ds, ood_ds = make_eval_data(config)
@@ -267,6 +242,6 @@ def run(config: ExperimentConfig, verbose=1):
 
 
 __all__ = [
-    "run", "dry_run", "write_atomic", "JsonLinesLogger", "build_optimizer",
+    "run", "dry_run", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
     "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
 ]

@@ -218,3 +218,15 @@ def test_a_diverged_model_is_recorded_as_skipped_not_raised(tmp_path):
         callback.on_epoch_end(0, logs)
         assert "training diverged" in callback.history[-1]["skipped"]
         assert set(logs) == {"loss"}
+
+
+def test_the_metrics_log_writes_non_finite_values_as_null(tmp_path):
+    class _Model:
+        optimizer = keras.optimizers.SGD(0.1)
+
+    logger = callbacks.JsonLinesLogger(str(tmp_path / "metrics.jsonl"))
+    logger.set_model(_Model())
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": float("nan"), "accuracy": 0.5, "ce": float("inf")})
+    record = json.loads(open(tmp_path / "metrics.jsonl").read())  # strict JSON
+    assert record["loss"] is None and record["ce"] is None and record["accuracy"] == 0.5

@@ -12,8 +12,11 @@ Submodules:
   export       SavedModel export with probabilities, confidence and score.
   distribute   Strategy selection and replica-aware helpers.
   analysis     contradictory-gradient, distribution-shift and confidence statistics.
-  callbacks    Keras callbacks recording those analyses during training.
-  data, config, evaluation, experiment, files, plotting, toy: the experiment pipeline.
+  callbacks    Keras callbacks recording those analyses during training (and the metrics log).
+  gda          class means and tied covariance (Gaussian head fit, Mahalanobis, toys, analyses).
+  config       the frozen ExperimentConfig; run_data turns it into datasets.
+  experiment   one run end to end; run_folder names the run folder's files and finds runs.
+  data, evaluation, atomic_io, plotting, toy: datasets, OOD evaluation, atomic writes, figures.
 """
 
 __version__ = "0.1.0"
@@ -21,9 +24,9 @@ __version__ = "0.1.0"
 import importlib
 
 _SUBMODULES = (
-    "analysis", "backbones", "calibration", "callbacks", "config", "data", "detectors",
-    "distribute", "evaluation", "experiment", "export", "files", "layers", "losses", "metrics",
-    "models", "plotting", "scores", "toy",
+    "analysis", "atomic_io", "backbones", "calibration", "callbacks", "config", "data",
+    "detectors", "distribute", "evaluation", "experiment", "export", "gda", "layers", "losses",
+    "metrics", "models", "plotting", "run_data", "run_folder", "scores", "toy",
 )
 
 

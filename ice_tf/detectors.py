@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ice_tf import files, gda, run_folder
+from ice_tf import atomic_io, gda, run_folder
 from ice_tf import scores as scores_lib
 
 STATS_FILE = run_folder.STATS_FILE
@@ -235,7 +235,7 @@ def model_fingerprint(path):
 
 def save_statistics(path, means, precision, covariance, counts, fingerprint):
     """Writes the statistics to an .npz file atomically (never half a file)."""
-    with files.atomic_stream(path, "wb", suffix=".npz") as stream:
+    with atomic_io.atomic_stream(path, "wb", suffix=".npz") as stream:
         np.savez(
             stream, format_version=np.int64(_STATS_FORMAT), means=means, precision=precision,
             covariance=covariance, counts=counts,

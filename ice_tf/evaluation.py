@@ -1,6 +1,6 @@
 """OOD evaluation: scores on in-distribution and OOD sets, metrics, Table-style reports.
 
-Protocols (DESIGN §3):
+Protocols (`ice_tf.config.PROTOCOLS`; BUILD.md, Decisions):
   "oe"    all in-distribution test images against len(ID test) / 5 OOD images drawn
           at random, 10 draws, mean ± std (Outlier Exposure and Energy; the paper's tables);
   "full"  every image once (OpenOOD).
@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from ice_tf import detectors as detectors_lib
 from ice_tf import metrics as metrics_lib
+from ice_tf.config import PROTOCOLS
 
 METRIC_KEYS = metrics_lib.METRIC_KEYS
 METRIC_TITLES = {
@@ -77,8 +78,8 @@ def _as_mean_std(values):
 
 def ood_results(scores_in, scores_out_by_set, protocol="oe", num_draws=10, seed=0):
     """Metrics per OOD set and their mean over sets, from precomputed scores."""
-    if protocol not in ("oe", "full"):
-        raise ValueError(f"Unknown protocol {protocol!r}; valid protocols: full, oe.")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; valid protocols: {', '.join(sorted(PROTOCOLS))}.")
     per_set = {}
     for index, (label, scores_out) in enumerate(scores_out_by_set.items()):
         if protocol == "oe":

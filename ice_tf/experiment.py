@@ -23,7 +23,7 @@ from ice_tf import run_folder as folder_lib
 from ice_tf.config import ExperimentConfig
 from ice_tf.run_data import image_shape_of, make_eval_data, make_train_data, mock_sources
 from ice_tf.callbacks import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
-from ice_tf.files import write_atomic  # noqa: F401  (scripts use experiment.write_atomic)
+from ice_tf.atomic_io import write_atomic  # noqa: F401  (scripts use experiment.write_atomic)
 
 RESULTS_FILE = folder_lib.RESULTS_FILE
 

@@ -108,6 +108,11 @@ class OODModel(keras.Model):
         return self.head.num_classes if self.gaussian_head else self.head.units
 
     @property
+    def head_kind(self):
+        """"gaussian" or "linear", the word `ExperimentConfig.head_kind` uses for the same idea."""
+        return "gaussian" if self.gaussian_head else "linear"
+
+    @property
     def gaussian_head(self):
         """Whether the head is a `GaussianLayer` (its outputs are h <= 0)."""
         return layers_lib.is_gaussian_head(self.head)

@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ice_tf import files, run_folder
+from ice_tf import atomic_io, run_folder
 
 DEMO_COMMAND = run_folder.DEMO_COMMAND
 
@@ -54,7 +54,7 @@ def save_png(figure, path, dpi=110):
       The absolute path written.
     """
     path = os.path.abspath(path)
-    with files.atomic_stream(path, "wb", suffix=".png") as stream:
+    with atomic_io.atomic_stream(path, "wb", suffix=".png") as stream:
         figure.savefig(stream, format="png", dpi=dpi)
     return path
 

@@ -135,9 +135,9 @@ def label_of_scores_key(key):
 
 def save_scores(folder, raw_scores):
     """Writes {"in": scores, label: scores, ...} as the run's scores.npz (atomically)."""
-    from ice_tf import files
+    from ice_tf import atomic_io
 
-    with files.atomic_stream(path(folder, SCORES_FILE), "wb", suffix=".npz") as stream:
+    with atomic_io.atomic_stream(path(folder, SCORES_FILE), "wb", suffix=".npz") as stream:
         np.savez_compressed(stream, **{scores_key(label): value for label, value in raw_scores.items()})
 
 

@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from ice_tf import analysis, files, plotting, run_folder
+from ice_tf import analysis, atomic_io, plotting, run_folder
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <label>/seed<k>/ run folders.")
 flags.DEFINE_integer("seed", 1, "With --runs_dir: the seed folder read for every method.")
@@ -86,7 +86,7 @@ def plot_curves(runs, path):
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
-    files.write_atomic(path, buffer.getvalue())
+    atomic_io.write_atomic(path, buffer.getvalue())
 
 
 def main(argv):
@@ -114,7 +114,7 @@ def main(argv):
         output = os.path.join(FLAGS.runs_dir, "analysis.md")
     if output:
         header = ("Training-time analyses (docs/analyses.md); epoch 0 is before training.\n\n")
-        files.write_atomic(output, (header + table).encode())
+        atomic_io.write_atomic(output, (header + table).encode())
         print(f"Wrote {output}")
     if FLAGS.png:
         plot_curves(runs, FLAGS.png)

@@ -35,10 +35,7 @@ flags.DEFINE_string("model", None, "A run folder (with model.keras and config.js
 flags.DEFINE_list("scores", [], f"Scores to evaluate ({', '.join(detectors.names())}); default: the run's.")
 flags.DEFINE_string("set", "", "Config overrides, key=value,key=value (lists joined with '+').")
 flags.DEFINE_string("output", None, "Output JSON path; default: evaluation-<protocol>.json beside the model.")
-flags.DEFINE_float("odin_temperature", 1000.0, "ODIN temperature T.")
-flags.DEFINE_float("odin_epsilon", 0.0014, "ODIN input noise ε, in [0, 1] pixel units.")
-flags.DEFINE_float("mahalanobis_epsilon", 0.0, "Mahalanobis input noise ε (the Energy code tunes it; e.g. 0.0014).")
-flags.DEFINE_bool("refit", False, "Refit saved Mahalanobis statistics even when they match the model.")
+experiment_flags.define_detector_flags()
 flags.mark_flag_as_required("model")
 flags.register_validator(
     "scores", lambda names: all(n in detectors.names() for n in names),
@@ -73,13 +70,9 @@ def main(argv):
     reports, all_results = [], {}
     for score in FLAGS.scores or [config.score_name]:
         print(f"Score {score}:")
-        detector = detectors.for_run(
-            score, config, model_path, odin_temperature=FLAGS.odin_temperature,
-            odin_epsilon=FLAGS.odin_epsilon, mahalanobis_epsilon=FLAGS.mahalanobis_epsilon,
-            refit=FLAGS.refit,
-        )
-        if detector.needs_fit:
-            detector.fit(model, run_data.statistics_data(config))
+        detector = detectors.for_run(score, config, model_path,
+                                     **experiment_flags.detector_options(FLAGS))
+        experiment_flags.fit_if_needed(detector, model, config)
         results = evaluation.evaluate_model(
             model, in_ds, ood_ds, score=detector, protocol=config.protocol,
             num_draws=config.eval_draws, seed=config.seed,

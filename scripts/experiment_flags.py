@@ -182,3 +182,31 @@ def quiet_tensorflow_logging(flag_values=flags.FLAGS):
     if not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
         std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+
+
+def define_detector_flags(flag_values=flags.FLAGS):
+    """The post-hoc detector flags shared by evaluate.py and table2.py."""
+    flags.DEFINE_float("odin_temperature", 1000.0, "ODIN temperature T.", flag_values=flag_values)
+    flags.DEFINE_float("odin_epsilon", 0.0014, "ODIN input noise ε, in [0, 1] pixel units.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("mahalanobis_epsilon", 0.0,
+                       "Mahalanobis input noise ε (the Energy code tunes it; e.g. 0.0014).",
+                       flag_values=flag_values)
+    flags.DEFINE_bool("refit", False,
+                      "Refit saved Mahalanobis statistics even when they match the model.",
+                      flag_values=flag_values)
+
+
+def detector_options(flag_values=flags.FLAGS):
+    """The detector flags as `ice_tf.detectors.for_run` keyword arguments."""
+    return dict(odin_temperature=flag_values.odin_temperature, odin_epsilon=flag_values.odin_epsilon,
+                mahalanobis_epsilon=flag_values.mahalanobis_epsilon, refit=flag_values.refit)
+
+
+def fit_if_needed(detector, model, config):
+    """Fits (or loads) a post-hoc detector's statistics on the run's training images."""
+    from ice_tf import run_data
+
+    if detector.needs_fit:
+        detector.fit(model, run_data.statistics_data(config))
+    return detector

@@ -33,10 +33,7 @@ flags.DEFINE_string("plain", None, "The plain (CE-trained) run folder; overrides
 flags.DEFINE_multi_string("method", [], "label:RUN_DIR of an outlier-trained method (repeatable).")
 flags.DEFINE_string("output_dir", None, "Where table2.md/json go; default: runs_dir or the plain run's parent.")
 flags.DEFINE_string("set", "", "Config overrides for every run, key=value,... (e.g. protocol=full).")
-flags.DEFINE_float("odin_temperature", 1000.0, "ODIN temperature T.")
-flags.DEFINE_float("odin_epsilon", 0.0014, "ODIN input noise ε, in [0, 1] pixel units.")
-flags.DEFINE_float("mahalanobis_epsilon", 0.0, "Mahalanobis input noise ε.")
-flags.DEFINE_bool("refit", False, "Refit saved Mahalanobis statistics even when they match the model.")
+experiment_flags.define_detector_flags()
 FLAGS = flags.FLAGS
 
 METHODS = ("oe", "energy", "ice")
@@ -96,8 +93,7 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(f"--set: {error}") from None
     from ice_tf import detectors, evaluation, experiment, losses, run_data
-    options = dict(odin_temperature=FLAGS.odin_temperature, odin_epsilon=FLAGS.odin_epsilon,
-                   mahalanobis_epsilon=FLAGS.mahalanobis_epsilon, refit=FLAGS.refit)
+    options = experiment_flags.detector_options(FLAGS)
     jobs = [(label, plain, score) for label, score in POST_HOC]
     jobs += [(losses.display_name(label), path, None) for label, path in methods.items()]
 
@@ -111,8 +107,7 @@ def main(argv):
         ood_labels.add(tuple(ood_ds))
         detector = detectors.for_run(score or config.score_name, config, model_path, **options)
         print(f"\n=== [{index}/{len(jobs)}] {label}: {describe(detector)} on {run_dir}")
-        if detector.needs_fit:
-            detector.fit(model, run_data.statistics_data(config))
+        experiment_flags.fit_if_needed(detector, model, config)
         results = evaluation.evaluate_model(
             model, in_ds, ood_ds, score=detector, protocol=config.protocol,
             num_draws=config.eval_draws, seed=config.seed,

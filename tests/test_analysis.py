@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ice_tf import analysis, files, losses
+from ice_tf import analysis, atomic_io, losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,8 +252,8 @@ def test_read_analyses_and_summary_table(tmp_path):
 
 def test_write_atomic_leaves_no_temporary(tmp_path):
     path = tmp_path / "sub" / "x.bin"
-    files.write_atomic(str(path), b"\x89PNG")
-    files.write_atomic(str(path), b"new")
+    atomic_io.write_atomic(str(path), b"\x89PNG")
+    atomic_io.write_atomic(str(path), b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path / "sub") == ["x.bin"]
 
 

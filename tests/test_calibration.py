@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_backbone
+from helpers import tiny_backbone
 
 from ice_tf import calibration
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 from absl import flags
-from conftest import blob_data, tiny_backbone, zipped_dataset
+from helpers import blob_data, tiny_backbone, zipped_dataset
 
 from ice_tf import analysis, callbacks, experiment, layers, models
 from ice_tf.config import ExperimentConfig

@@ -7,7 +7,7 @@ they do not depend on the shipped data; `test_real_files_load` checks the shippe
 import numpy as np
 import pytest
 
-from conftest import row_index
+from helpers import row_index
 
 from ice_tf import data
 from ice_tf.data import embedded

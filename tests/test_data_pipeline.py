@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from ice_tf import data
-from conftest import row_index
+from helpers import row_index
 
 SHAPE = (28, 28, 1)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_backbone
+from helpers import tiny_backbone
 from ice_tf import experiment, export, layers, losses, models, scores
 from ice_tf.config import ExperimentConfig
 

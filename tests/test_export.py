@@ -9,7 +9,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_backbone
+from helpers import tiny_backbone
 
 from ice_tf import export, layers, models
 

@@ -17,7 +17,7 @@ from matplotlib import image as mpimg
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import roc_auc_score
 
-from conftest import tiny_backbone
+from helpers import tiny_backbone
 from ice_tf import layers, models, plotting, toy
 from ice_tf.config import ExperimentConfig
 

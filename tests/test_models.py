@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import blob_data, tiny_backbone, zipped_dataset
+from helpers import blob_data, tiny_backbone, zipped_dataset
 
 from ice_tf import layers, losses, models
 

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-from ice_tf import analysis, files, run_folder  # noqa: E402
+from ice_tf import analysis, atomic_io, run_folder  # noqa: E402
 
 flags.DEFINE_multi_string("run", None,
                           "A run folder, or label:run_folder (repeatable: one panel each).")
@@ -111,7 +111,7 @@ def main(argv):
     figure.savefig(buffer, format="png", dpi=130)
     plt.close(figure)
     output = FLAGS.output or os.path.join(runs[0][1], "fig5_confidence.png")
-    files.write_atomic(output, buffer.getvalue())
+    atomic_io.write_atomic(output, buffer.getvalue())
     print(f"Wrote {output}")
 
 

@@ -92,3 +92,30 @@ def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert "ice_tf.backbones" in graph["ice_tf.models"]  # imported inside build_model
     assert "ice_tf.run_data" in graph["ice_tf.callbacks"]
+
+
+CORE = ("layers", "losses", "gda", "scores", "metrics", "calibration", "models", "distribute",
+        "export", "backbones", "data", "atomic_io")
+MACHINERY = ("config", "run_data", "run_folder", "detectors", "evaluation", "experiment",
+             "analysis", "callbacks")
+FIGURES = ("toy", "plotting")
+
+
+def _layer_of(module):
+    top = module.split(".")[1] if module.count(".") else None
+    for layer, names in (("core", CORE), ("machinery", MACHINERY), ("figures", FIGURES)):
+        if top in names:
+            return layer
+    return None
+
+
+def test_imports_point_downwards_core_machinery_figures():
+    order = {"core": 0, "machinery": 1, "figures": 2}
+    upward = [
+        f"{module} -> {target}"
+        for module, edges in import_graph().items() if _layer_of(module)
+        for target in edges if _layer_of(target)
+        and order[_layer_of(target)] > order[_layer_of(module)]
+    ]
+    assert not upward, upward
+    assert {_layer_of(m) for m in import_graph() if m != "ice_tf"} == {"core", "machinery", "figures"}

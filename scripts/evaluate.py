@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 
 
 def load_run(model_path):
-    """(model, config) from a run folder or a .keras file."""
+    """(model, config, model_path) from a run folder or a .keras file."""
     if os.path.isdir(model_path):
         try:
             return experiment.load_run(model_path)

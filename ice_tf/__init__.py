@@ -17,6 +17,7 @@ Submodules:
   config       the frozen ExperimentConfig; run_data turns it into datasets.
   experiment   one run end to end; run_folder names the run folder's files and finds runs.
   data, evaluation, atomic_io, plotting, toy: datasets, OOD evaluation, atomic writes, figures.
+  report       `ice_tf.evaluate(model, (x, y), {name: images})`: any Keras model, one call.
 """
 
 __version__ = "0.1.0"
@@ -26,16 +27,18 @@ import importlib
 _SUBMODULES = (
     "analysis", "atomic_io", "backbones", "calibration", "callbacks", "config", "data",
     "detectors", "distribute", "evaluation", "experiment", "export", "gda", "layers", "losses",
-    "metrics", "models", "plotting", "run_data", "run_folder", "scores", "toy",
+    "metrics", "models", "plotting", "report", "run_data", "run_folder", "scores", "toy",
 )
 
 
 def __getattr__(name):
     # Submodules load on first use, so `ice_tf.metrics` stays free of TensorFlow.
+    if name in ("evaluate", "EvaluationReport"):
+        return getattr(importlib.import_module("ice_tf.report"), name)
     if name in _SUBMODULES:
         return importlib.import_module(f"ice_tf.{name}")
     raise AttributeError(f"module 'ice_tf' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(_SUBMODULES) + ["evaluate", "EvaluationReport"])

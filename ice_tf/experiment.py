@@ -15,7 +15,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from ice_tf import callbacks as callbacks_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
@@ -24,6 +23,7 @@ from ice_tf.config import ExperimentConfig
 from ice_tf.run_data import image_shape_of, make_eval_data, make_train_data, mock_sources
 from ice_tf.callbacks import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
 from ice_tf.atomic_io import write_atomic  # noqa: F401  (scripts use experiment.write_atomic)
+from ice_tf.models import FINETUNE_RIDGE, fit_gaussian_head  # noqa: F401  (their home: models)
 
 RESULTS_FILE = folder_lib.RESULTS_FILE
 
@@ -36,11 +36,6 @@ def build_optimizer(config, total_steps):
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=alpha
     )
     return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=config.momentum > 0)
-
-
-# Covariance ridge of the fine-tune head fit, relative to the mean variance: with 1%
-# or 10%, fine-tuning ICE from a barely trained model diverged (BUILD.md, Decisions).
-FINETUNE_RIDGE = 1.0
 
 
 def initialize_from_checkpoint(model, checkpoint_path, train_dataset=None, num_batches=None, verbose=1):
@@ -60,37 +55,6 @@ def initialize_from_checkpoint(model, checkpoint_path, train_dataset=None, num_b
         if train_dataset is None or not num_batches:
             raise ValueError("fitting a Gaussian head needs the training batches (train_dataset, num_batches).")
         fit_gaussian_head(model, train_dataset, num_batches, verbose=verbose)
-    return model
-
-
-def fit_gaussian_head(model, train_dataset, num_batches, ridge=FINETUNE_RIDGE, verbose=1):
-    """Fits the Gaussian head (Eq. 0.11) to the features fine-tuning will train on.
-
-    The features are those of the training batches with BatchNorm in training mode,
-    i.e. normalised with the statistics of in-distribution images *and* outliers
-    together, as `OODModel.train_step` computes them. A plain model's eval-mode
-    features differ from these by several standard deviations once outliers enter
-    the batch, and a head fitted to them started fine-tuning at -h_y ~ 4d. The
-    BatchNorm moving statistics are restored afterwards. Means and tied covariance
-    are the GDA estimate with a `ridge`, and the scale of L is then fitted by
-    cross-entropy (`GaussianLayer.initialize_from_features`).
-    """
-    moving_statistics = [variable.numpy() for variable in model.backbone.non_trainable_variables]
-    progbar = keras.utils.Progbar(num_batches, unit_name="batch") if verbose else None
-    features, labels = [], []
-    for batch in train_dataset.take(num_batches):
-        images, batch_labels, outliers = models.unpack_batch(batch)
-        inputs = images if outliers is None else tf.concat([images, tf.cast(outliers, images.dtype)], 0)
-        batch_features = model.features(inputs, training=True)[: tf.shape(images)[0]]
-        features.append(np.asarray(batch_features, np.float64))
-        labels.append(np.asarray(batch_labels).reshape(-1))
-        if progbar is not None:
-            progbar.add(1)
-    for variable, value in zip(model.backbone.non_trainable_variables, moving_statistics):
-        variable.assign(value)
-    model.head.initialize_from_features(
-        np.concatenate(features), np.concatenate(labels), ridge=ridge, calibrate_scale=True
-    )
     return model
 
 

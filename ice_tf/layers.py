@@ -122,7 +122,8 @@ class GaussianLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_classes,)
 
-    def initialize_from_features(self, features, labels, ridge=1e-2, calibrate_scale=False):
+    def initialize_from_features(self, features, labels, ridge=1e-2, calibrate_scale=False,
+                                 min_scale=None):
         """Sets means and L to the Gaussian discriminant analysis estimate.
 
         m_i is the mean of the features of class i and L the Cholesky factor of the
@@ -141,6 +142,9 @@ class GaussianLayer(keras.layers.Layer):
           labels: (n,) integer labels in [0, K); every class must occur.
           ridge: added to the covariance's diagonal, relative to the mean variance.
           calibrate_scale: also fit the scalar scale of L by cross-entropy.
+          min_scale: a lower bound on that scale. On separable features the CE-optimal
+            scale tends to 0 (h infinitely sharp) and training from it diverges; 1.0
+            lets the fit only soften the GDA estimate.
 
         Returns:
           self.
@@ -178,6 +182,8 @@ class GaussianLayer(keras.layers.Layer):
         self.scale_factor = 1.0
         if calibrate_scale:
             self.scale_factor = cross_entropy_scale(features, labels, means, scale)
+            if min_scale is not None:
+                self.scale_factor = max(self.scale_factor, float(min_scale))
             scale = scale * self.scale_factor
         diagonal = np.maximum(np.diag(scale), 2 * _DIAG_SHIFT)
         self.means.assign(means.astype(np.float32))

@@ -126,7 +126,11 @@ class OODLoss:
         self.name = name or _REVERSE_REGISTRY.get(type(self), type(self).__name__)
 
     def extra_terms(self, labels, outputs_in, outputs_out):
-        """Returns a dict of scalar terms other than "ce" (before weighting)."""
+        """Returns a dict of scalar terms other than "ce" (before weighting).
+
+        `outputs_out` is None for validation batches without outliers: then only the
+        in-distribution terms are returned.
+        """
         return {}
 
     def terms(self, y_true, outputs_in, outputs_out=None):
@@ -150,6 +154,15 @@ class OODLoss:
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs_in)
         )
         return {"ce": ce, **self.extra_terms(labels, outputs_in, outputs_out)}
+
+    def in_distribution_terms(self, y_true, outputs_in):
+        """CE and the terms that need no outliers (for validation data `(x, y)`)."""
+        outputs_in = tf.cast(outputs_in, tf.float32)
+        labels = check_labels(y_true, outputs_in.shape[-1])
+        ce = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs_in)
+        )
+        return {"ce": ce, **self.extra_terms(labels, outputs_in, None)}
 
     def combine(self, terms):
         """CE + weight * (sum of the other terms)."""
@@ -202,6 +215,8 @@ class OutlierExposureLoss(OODLoss):
     display_name = "OE"
 
     def extra_terms(self, labels, outputs_in, outputs_out):
+        if outputs_out is None:
+            return {}
         uniform_ce = tf.reduce_logsumexp(outputs_out, axis=-1) - tf.reduce_mean(outputs_out, axis=-1)
         return {"out_term": tf.reduce_mean(uniform_ce)}
 
@@ -230,11 +245,11 @@ class EnergyLoss(OODLoss):
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         energy_in = -tf.reduce_logsumexp(outputs_in, axis=-1)
-        energy_out = -tf.reduce_logsumexp(outputs_out, axis=-1)
-        return {
-            "in_term": tf.reduce_mean(tf.square(tf.nn.relu(energy_in - self.margin_in))),
-            "out_term": tf.reduce_mean(tf.square(tf.nn.relu(self.margin_out - energy_out))),
-        }
+        terms = {"in_term": tf.reduce_mean(tf.square(tf.nn.relu(energy_in - self.margin_in)))}
+        if outputs_out is not None:
+            energy_out = -tf.reduce_logsumexp(outputs_out, axis=-1)
+            terms["out_term"] = tf.reduce_mean(tf.square(tf.nn.relu(self.margin_out - energy_out)))
+        return terms
 
     def get_config(self):
         return {**super().get_config(), "margin_in": self.margin_in, "margin_out": self.margin_out}
@@ -259,11 +274,11 @@ class BinaryCrossEntropyLoss(OODLoss):
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)
-        return {
-            # -log σ(t) = softplus(-t); -log(1 - σ(t)) = softplus(t).
-            "in_term": tf.reduce_mean(tf.nn.softplus(-target)),
-            "out_term": tf.reduce_mean(tf.nn.softplus(tf.reduce_max(outputs_out, axis=-1))),
-        }
+        # -log σ(t) = softplus(-t); -log(1 - σ(t)) = softplus(t).
+        terms = {"in_term": tf.reduce_mean(tf.nn.softplus(-target))}
+        if outputs_out is not None:
+            terms["out_term"] = tf.reduce_mean(tf.nn.softplus(tf.reduce_max(outputs_out, axis=-1)))
+        return terms
 
 
 def ice_outlier_term(outputs_out):
@@ -292,7 +307,10 @@ class InDistributionCompatibleLoss(OODLoss):
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)
-        return {"in_term": tf.reduce_mean(-target), "out_term": ice_outlier_term(outputs_out)}
+        terms = {"in_term": tf.reduce_mean(-target)}
+        if outputs_out is not None:
+            terms["out_term"] = ice_outlier_term(outputs_out)
+        return terms
 
 
 @keras.saving.register_keras_serializable(package="ice_tf")
@@ -303,7 +321,7 @@ class IceMinusLoss(InDistributionCompatibleLoss):
     display_name = "ICE⁻"
 
     def extra_terms(self, labels, outputs_in, outputs_out):
-        return {"out_term": ice_outlier_term(outputs_out)}
+        return {} if outputs_out is None else {"out_term": ice_outlier_term(outputs_out)}
 
 
 HEADS = ("linear", "gaussian")

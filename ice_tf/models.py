@@ -17,8 +17,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ice_tf import distribute
@@ -40,7 +42,31 @@ def unpack_batch(data):
         if len(first) != 2:
             raise ValueError("the in-distribution part of a batch must be (images, labels).")
         return first[0], first[1], second
+    if isinstance(second, (tuple, list)):
+        raise ValueError(
+            "batches must be ((images, labels), outlier_images), in-distribution first; got "
+            "(outliers, (images, labels)): zip as tf.data.Dataset.zip((in_ds, outlier_ds)), or "
+            "use ice_tf.data.with_outliers."
+        )
     return first, second, None
+
+
+def _check_dataset_batches(dataset):
+    """One-line errors for the first mistakes with a tf.data input, before any step runs."""
+    spec = dataset.element_spec
+    if not isinstance(spec, (tuple, list)) or len(spec) < 2:
+        raise ValueError(
+            "OODModel.fit expects a dataset of ((images, labels), outlier_images) or (images, "
+            f"labels) batches; its elements are {spec}."
+        )
+    images = spec[0][0] if isinstance(spec[0], (tuple, list)) else spec[0]
+    if isinstance(spec[1], (tuple, list)) and not isinstance(spec[0], (tuple, list)):
+        unpack_batch((None, (None, None)))  # raises the zip-order error
+    if images.shape.rank == 3 and images.shape[-1] in (1, 3, 4):  # (H, W, C): one image
+        raise ValueError(
+            f"the dataset yields single images of shape {images.shape}, not batches: batch it, "
+            "e.g. dataset.batch(128), or use ice_tf.data.with_outliers(..., batch_size=128)."
+        )
 
 
 class _TrackerTable:
@@ -73,22 +99,101 @@ def _label_errors_as_value_errors():
         raise
 
 
+# Covariance ridge of the fine-tune head fit, relative to the mean variance: with 1%
+# or 10%, fine-tuning ICE from a barely trained model diverged (BUILD.md, Decisions).
+FINETUNE_RIDGE = 1.0
+
+DIVERGENCE_REMEDY = (
+    "lower the learning rate (the reference code fine-tunes at 0.001), or, for a model from "
+    "OODModel.from_classifier, fit its head with a larger ridge (ridge=2.0)"
+)
+
+
+class _DivergenceGuard(keras.callbacks.Callback):
+    """Stops `fit` at the first non-finite loss with an error that names the remedy
+    (Keras's TerminateOnNaN stops silently)."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"training diverged (non-finite loss) at epoch {self._epoch + 1}, step {batch + 1}: "
+                f"{DIVERGENCE_REMEDY}."
+            )
+
+
+def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RIDGE, verbose=1):
+    """Fits the Gaussian head (Eq. 0.11) to the features fine-tuning will train on.
+
+    The features are those of the training batches with BatchNorm in training mode,
+    i.e. normalised with the statistics of in-distribution images *and* outliers
+    together, as `OODModel.train_step` computes them. A plain model's eval-mode
+    features differ from these by several standard deviations once outliers enter
+    the batch, and a head fitted to them started fine-tuning at -h_y ~ 4d. The
+    BatchNorm moving statistics are restored afterwards. Means and tied covariance
+    are the GDA estimate with a `ridge`, and the scale of L is then fitted by
+    cross-entropy (`GaussianLayer.initialize_from_features`).
+
+    Args:
+      model: an `OODModel` with a Gaussian head.
+      train_dataset: batches `((x, y), x_outliers)` or `(x, y)`, as training sees them.
+      num_batches: how many batches to use; None: the whole (finite) dataset.
+      ridge: added to the covariance, relative to its mean variance (BUILD.md, Decisions).
+
+    Example:
+      fit_gaussian_head(model, ice_tf.data.with_outliers((x, y), x_out), num_batches=50)
+    """
+    moving_statistics = [variable.numpy() for variable in model.backbone.non_trainable_variables]
+    progbar = keras.utils.Progbar(num_batches, unit_name="batch") if verbose else None
+    features, labels = [], []
+    for batch in (train_dataset if num_batches is None else train_dataset.take(num_batches)):
+        images, batch_labels, outliers = unpack_batch(batch)
+        inputs = images if outliers is None else tf.concat([images, tf.cast(outliers, images.dtype)], 0)
+        batch_features = model.features(inputs, training=True)[: tf.shape(images)[0]]
+        features.append(np.asarray(batch_features, np.float64))
+        labels.append(np.asarray(batch_labels).reshape(-1))
+        if progbar is not None:
+            progbar.add(1)
+    for variable, value in zip(model.backbone.non_trainable_variables, moving_statistics):
+        variable.assign(value)
+    if not features:
+        raise ValueError("the dataset for the Gaussian head's fit yielded no batches.")
+    model.head.initialize_from_features(
+        np.concatenate(features), np.concatenate(labels), ridge=ridge, calibrate_scale=True,
+        min_scale=1.0,  # on separable training features CE would make h arbitrarily sharp
+    )
+    return model
+
+
+
 @keras.saving.register_keras_serializable(package="ice_tf")
 class OODModel(keras.Model):
     """Backbone + head, trained with any registered OOD loss.
 
     Args:
-      backbone: a Keras model mapping images to features (batch, d), with a known
-        input shape (e.g. from `ice_tf.backbones.get`).
+      backbone: a Keras model mapping images to features (batch, d): Sequential,
+        functional or subclassed (e.g. from `ice_tf.backbones.get`).
       head: a layer mapping features to (batch, K) outputs, e.g.
         `ice_tf.layers.make_head("gaussian", K)`.
+      input_shape: (H, W, C) of the images, for a backbone that does not know its own
+        (a subclassed `keras.Model`); the model is then built at once.
+
+    A trained Keras classifier converts with `OODModel.from_classifier`.
 
     Tracked metrics: `loss` (the method's objective without weight decay), each
     loss term (`ce`, `in_term`, `out_term`: the unweighted means of Eqs. 0.3, 0.5,
     0.13-0.14) and in-distribution `accuracy`.
     """
 
-    def __init__(self, backbone, head, **kwargs):
+    def __init__(self, backbone, head, input_shape=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.head = head
@@ -98,7 +203,14 @@ class OODModel(keras.Model):
         # Created here, inside the caller's strategy scope.
         self._accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self._active_tracker_names = ("loss", "accuracy")
-        input_shape = getattr(backbone, "input_shape", None)
+        self._image_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        if self._image_shape is not None:
+            input_shape = (None, *self._image_shape)
+        else:
+            try:
+                input_shape = backbone.input_shape
+            except (AttributeError, ValueError):  # a subclassed model has none
+                input_shape = None
         if isinstance(input_shape, tuple) and all(d is not None for d in input_shape[1:]):
             # Built now, so that fit never builds it symbolically from ((x, y), x_out).
             self.build(input_shape)
@@ -118,7 +230,13 @@ class OODModel(keras.Model):
         return layers_lib.is_gaussian_head(self.head)
 
     def build(self, input_shape):
-        feature_shape = self.backbone.compute_output_shape(tuple(input_shape))
+        try:
+            feature_shape = tuple(self.backbone.compute_output_shape(tuple(input_shape)))
+        except NotImplementedError:
+            # A subclassed backbone without compute_output_shape: one call on zeros builds
+            # it and gives the feature size.
+            probe = keras.ops.zeros((1, *input_shape[1:]))
+            feature_shape = (None, *tuple(self.backbone(probe, training=False).shape[1:]))
         if len(feature_shape) != 2:
             raise ValueError(
                 f"the backbone must return (batch, features); it returns shape {feature_shape}."
@@ -126,7 +244,10 @@ class OODModel(keras.Model):
         if not self.head.built:
             self.head.build(feature_shape)
         # A symbolic call checks the head's input spec: a feature-size mismatch is a ValueError.
-        feature_dtype = getattr(getattr(self.backbone, "output", None), "dtype", "float32")
+        try:
+            feature_dtype = self.backbone.output.dtype
+        except (AttributeError, ValueError):  # subclassed: no symbolic output
+            feature_dtype = "float32"
         self.head(keras.KerasTensor(feature_shape, dtype=feature_dtype))
         self.built = True
 
@@ -200,8 +321,15 @@ class OODModel(keras.Model):
         if self.ood_loss is None:
             raise RuntimeError("compile the model with a loss before training or evaluating it.")
         images, labels, outliers = unpack_batch(data)
+        if len(labels.shape) == 2 and labels.shape[-1] == self.num_classes and self.num_classes > 1:
+            labels = tf.argmax(labels, axis=-1)  # one-hot labels
         if not self.ood_loss.uses_outliers:
             outliers = None  # plain training never looks at the outliers.
+        elif outliers is None and not training:
+            # validation_data=(x, y): the in-distribution terms and accuracy only.
+            outputs = self(images, training=False)
+            terms = self.ood_loss.in_distribution_terms(labels, outputs)
+            return labels, outputs, terms, self.ood_loss.combine(terms)
         num_in = tf.shape(images)[0]
         if outliers is None:
             outputs = self(images, training=training)
@@ -218,7 +346,9 @@ class OODModel(keras.Model):
         for name, value in terms.items():
             self._trackers[name].update_state(value)
         self._trackers["accuracy"].update_state(tf.reshape(labels, [-1]), outputs_in)
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        # Only what this batch measured (a validation batch without outliers has no out_term).
+        return {name: tracker.result() for name, tracker in self._trackers.items()
+                if name in ("loss", "accuracy") or name in terms}
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
@@ -241,8 +371,18 @@ class OODModel(keras.Model):
         return self._update_trackers(labels, outputs_in, terms, loss)
 
     def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit` on batches `((x, y), x_outliers)` (see `ice_tf.data.with_outliers`)
+        or `(x, y)`; stops with a FloatingPointError naming the remedy at a non-finite loss."""
+        for name in ("sample_weight", "class_weight"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"OODModel does not weight samples: {name} would be ignored. Balance the "
+                    "data instead (e.g. resample it with tf.data.Dataset.sample_from_datasets)."
+                )
         if isinstance(x, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself.
+            _check_dataset_batches(x)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _DivergenceGuard()]
         with _label_errors_as_value_errors():
             return super().fit(x, *args, **kwargs)
 
@@ -250,14 +390,56 @@ class OODModel(keras.Model):
         with _label_errors_as_value_errors():
             return super().evaluate(*args, **kwargs)
 
+    # ------------------------------------------------------- from a classifier
+    @classmethod
+    def from_classifier(cls, classifier, train_data=None, *, outliers=None, head="gaussian",
+                        feature_layer=None, input_shape=None, batch_size=128, ratio=2,
+                        ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
+        """Turns a trained Keras classifier into an `OODModel`, weights kept.
+
+        The classifier (Sequential, functional or subclassed, ending in a Dense layer with
+        or without softmax) is split at the input of its last Dense layer (or at the
+        output of `feature_layer`, a layer name or index): the part before is the
+        backbone. `head="gaussian"` puts on a Gaussian head (Eq. 0.11) fitted as the
+        fine-tune schedule fits it (`fit_gaussian_head`: training-mode features of the
+        mixed batches, `ridge`, a cross-entropy temperature of L); `head="linear"` keeps
+        the Dense layer as a linear head (Eq. 0.1) for OE or Energy fine-tuning.
+
+        Args:
+          classifier: a trained `keras.Model`.
+          train_data: `(x, y)` arrays or a dataset of `(x, y)` (unbatched or batched);
+            needed for the Gaussian head.
+          outliers: auxiliary outlier images (array or dataset), mixed into the batches of
+            the fit as training will mix them (`ice_tf.data.with_outliers`).
+          head: "gaussian" or "linear".
+          feature_layer: the layer whose outputs are the features (default: the input of
+            the last Dense layer).
+          input_shape: (H, W, C), for a classifier that does not know it.
+          batch_size, ratio: in-distribution batch size and outliers per in-distribution
+            image of the fit's batches (the paper's 128 and 2).
+          fit_batches: batches used for the fit (None: one pass over train_data).
+
+        Example:
+          model = OODModel.from_classifier(classifier, (x_train, y_train), outliers=x_out)
+          model.compile(keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), loss="ice")
+          model.fit(ice_tf.data.with_outliers((x_train, y_train), x_out), epochs=2)
+        """
+        return from_classifier(
+            classifier, train_data, outliers=outliers, head=head, feature_layer=feature_layer,
+            input_shape=input_shape, batch_size=batch_size, ratio=ratio, ridge=ridge,
+            fit_batches=fit_batches, seed=seed, verbose=verbose)
+
     # ----------------------------------------------------------- serialization
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "head": keras.saving.serialize_keras_object(self.head),
         }
+        if self._image_shape is not None:
+            config["input_shape"] = list(self._image_shape)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -265,6 +447,161 @@ class OODModel(keras.Model):
         backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
         head = keras.saving.deserialize_keras_object(config.pop("head"))
         return cls(backbone, head, **config)
+
+
+# ------------------------------------------------------------ a user's classifier
+def _find_layer(classifier, identifier):
+    layers = classifier.layers
+    if isinstance(identifier, int):
+        try:
+            return layers[identifier]
+        except IndexError:
+            raise ValueError(f"feature_layer={identifier} is out of range: the classifier has "
+                             f"{len(layers)} layers.") from None
+    for layer in layers:
+        if layer.name == identifier:
+            return layer
+    raise ValueError(f"feature_layer={identifier!r} is not a layer of {classifier.name}; its layers: "
+                     f"{', '.join(layer.name for layer in layers)}.")
+
+
+def _last_dense(classifier):
+    dense = [layer for layer in classifier.layers if isinstance(layer, keras.layers.Dense)]
+    if not dense:
+        raise ValueError(
+            f"{classifier.name} has no Dense layer to split at: pass feature_layer= (the layer "
+            "whose outputs are the features) and head='gaussian'."
+        )
+    return dense[-1]
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class ClassifierFeatures(keras.Model):
+    """The features of a subclassed classifier: its `call` runs, and the input of its last
+    Dense layer (or the output of `feature_layer`) is returned.
+
+    A functional or Sequential classifier is cut into a plain functional model
+    instead; this wrapper is for models whose graph cannot be cut. Saving it needs the
+    classifier's class registered (`keras.saving.register_keras_serializable`), as
+    saving the classifier itself does.
+
+    Example:
+      backbone = ClassifierFeatures(my_subclassed_classifier, layer_index=-1)
+    """
+
+    def __init__(self, classifier, layer_index, take="input", **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        # An index into classifier.layers: a subclassed model's layer names change on reload.
+        self.layer_index = int(layer_index)
+        self.take = take
+        self._layer = _find_layer(classifier, self.layer_index)
+        if take == "input":
+            # The classifier's own last Dense layer runs but feeds nothing: the head
+            # replaces it, so it is frozen (no gradient would reach it anyway).
+            self._layer.trainable = False
+
+    def call(self, inputs, training=False):
+        captured = []
+        layer, original = self._layer, self._layer.call
+
+        def capture(*args, **kwargs):
+            outputs = original(*args, **kwargs)
+            captured.append(args[0] if self.take == "input" else outputs)
+            return outputs
+
+        layer.call = capture
+        try:
+            self.classifier(inputs, training=training)
+        finally:
+            del layer.call
+        return captured[-1]
+
+    def get_config(self):
+        return {**super().get_config(), "classifier": keras.saving.serialize_keras_object(
+            self.classifier), "layer_index": self.layer_index, "take": self.take}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        classifier = keras.saving.deserialize_keras_object(config.pop("classifier"))
+        return cls(classifier, **config)
+
+
+def _is_graph_model(classifier):
+    return isinstance(classifier, keras.Sequential) or type(classifier).__name__ == "Functional" or (
+        getattr(classifier, "_is_graph_network", False))
+
+
+def classifier_parts(classifier, feature_layer=None):
+    """(backbone, dense head or None) of a trained Keras classifier.
+
+    The backbone maps images to the input of the classifier's last Dense layer (or to
+    the output of `feature_layer`, a layer name or index); its weights are the
+    classifier's own.
+    """
+    dense = _last_dense(classifier) if feature_layer is None else None
+    if feature_layer is not None:
+        layer = _find_layer(classifier, feature_layer)
+        last = [l for l in classifier.layers if isinstance(l, keras.layers.Dense)]
+        dense = last[-1] if last and last[-1] is not layer else None
+    if _is_graph_model(classifier):
+        if isinstance(classifier, keras.Sequential) and not classifier.built:
+            raise ValueError("build the Sequential classifier first (give it an Input or call it once).")
+        outputs = dense.input if feature_layer is None else layer.output
+        backbone = keras.Model(classifier.inputs, outputs, name=f"{classifier.name}_features")
+    else:
+        target, take = (dense, "input") if feature_layer is None else (layer, "output")
+        index = next(i for i, l in enumerate(classifier.layers) if l is target)
+        backbone = ClassifierFeatures(classifier, index, take, name=f"{classifier.name}_features")
+    return backbone, dense
+
+
+def from_classifier(classifier, train_data=None, *, outliers=None, head="gaussian",
+                    feature_layer=None, input_shape=None, batch_size=128, ratio=2,
+                    ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
+    """An `OODModel` from a trained Keras classifier; see `OODModel.from_classifier`."""
+    if head not in ("gaussian", "linear"):
+        raise ValueError(f"head={head!r}: use 'gaussian' or 'linear'.")
+    backbone, dense = classifier_parts(classifier, feature_layer)
+    if input_shape is None:
+        try:
+            input_shape = tuple(classifier.input_shape[1:])
+        except (AttributeError, ValueError):
+            # A subclassed model that was called once records the shape it was built for.
+            built_for = (classifier.get_build_config() or {}).get("input_shape")
+            input_shape = tuple(built_for[1:]) if built_for else None
+    if input_shape is None and train_data is not None:
+        from ice_tf import data
+
+        input_shape = data.image_shape_of(train_data)
+    if input_shape is None:
+        raise ValueError(f"{classifier.name} has no known input shape: pass input_shape=(H, W, C).")
+    if head == "linear":
+        if dense is None:
+            raise ValueError("head='linear' keeps the classifier's last Dense layer, and "
+                             f"feature_layer={feature_layer!r} leaves none after it.")
+        linear = layers_lib.make_head("linear", dense.units)
+        model = OODModel(backbone, linear, input_shape=input_shape, name=f"{classifier.name}_ood")
+        kernel = dense.kernel.numpy()
+        bias = dense.bias.numpy() if dense.use_bias else np.zeros(dense.units, np.float32)
+        linear.set_weights([kernel, bias])
+        return model
+    num_classes = dense.units if dense is not None else None
+    if train_data is None:
+        raise ValueError("head='gaussian' is fitted to training data: pass train_data=(x, y) "
+                         "or a dataset of (x, y).")
+    from ice_tf import data
+
+    if num_classes is None:
+        num_classes = data.num_classes_of(train_data)
+    model = OODModel(backbone, layers_lib.make_head("gaussian", num_classes),
+                     input_shape=input_shape, name=f"{classifier.name}_ood")
+    batches = (data.with_outliers(train_data, outliers, batch_size=batch_size, ratio=ratio,
+                                  seed=seed)
+               if outliers is not None else data.batched(train_data, batch_size, seed=seed))
+    fit_gaussian_head(model, batches, fit_batches, ridge=ridge, verbose=verbose)
+    return model
 
 
 def build_model(backbone, input_shape, num_classes, head="linear", strategy=None, **backbone_kwargs):
@@ -294,4 +631,5 @@ def build_model(backbone, input_shape, num_classes, head="linear", strategy=None
         return OODModel(network, layers_lib.make_head(head, num_classes), name=f"{backbone}_{head}")
 
 
-__all__ = ["OODModel", "build_model"]
+__all__ = ["OODModel", "build_model", "from_classifier", "classifier_parts", "ClassifierFeatures",
+           "fit_gaussian_head", "FINETUNE_RIDGE", "unpack_batch"]

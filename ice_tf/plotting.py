@@ -90,6 +90,45 @@ def run_folders(runs_dir="runs/demo", methods=DEFAULT_METHODS, run_seed=1, run_s
     return run_folder.run_folders(runs_dir, methods, run_seed, run_specs)
 
 
+def roc_figure(scores_by_run, sets):
+    """One ROC panel per OOD set, one curve per run (or score), AUROC in the legend.
+
+    Args:
+      scores_by_run: {run: {"in": scores, set: scores, ...}}, higher = more in-distribution.
+      sets: the OOD set labels to draw.
+
+    Returns:
+      (figure, {set: {run: auroc}}).
+
+    Example:
+      figure, aurocs = roc_figure({"ice": load_scores("runs/demo/ice/seed1")}, ["mnist"])
+    """
+    from ice_tf import metrics
+
+    num_cols = min(len(sets), 3)
+    num_rows = -(-len(sets) // num_cols)
+    figure, axes = new_figure(num_rows, num_cols, panel_size=(3.4, 3.3))
+    for ax in axes.flat[len(sets):]:
+        ax.axis("off")
+    aurocs = {}
+    for ax, label in zip(axes.flat, sets):
+        aurocs[label] = {}
+        for run, scores in scores_by_run.items():
+            fpr, tpr, _ = metrics.roc_curve_points(scores["in"], scores[label])
+            auroc = metrics.ood_metrics(scores["in"], scores[label])["auroc"]
+            aurocs[label][run] = auroc
+            ax.plot(fpr, tpr, linewidth=1.3, label=f"{method_label(run)} ({100 * auroc:.1f})")
+        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_title(f"OOD: {label}", fontsize=10)
+        ax.set_xlabel("FPR (OOD accepted)", fontsize=8)
+        ax.set_ylabel("TPR (in-distribution accepted)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(title="AUROC %", title_fontsize=7, fontsize=7, loc="lower right")
+    return figure, aurocs
+
+
 # ------------------------------------------------------------------- t-SNE
 def knn_placement(features_in, embedding_in, features_out, num_neighbors=10, epsilon=1e-12):
     """Out-of-sample placement: each row of features_out goes to the mean of the
@@ -169,6 +208,7 @@ __all__ = [
     "save_png",
     "class_colors",
     "method_label",
+    "roc_figure",
     "parse_run_spec",
     "run_folders",
     "check_run_folders",

@@ -98,7 +98,7 @@ CORE = ("layers", "losses", "gda", "scores", "metrics", "calibration", "models",
         "export", "backbones", "data", "atomic_io")
 MACHINERY = ("config", "run_data", "run_folder", "detectors", "evaluation", "experiment",
              "analysis", "callbacks")
-FIGURES = ("toy", "plotting")
+FIGURES = ("toy", "plotting", "report")  # the user-facing top: figures, one-call evaluation
 
 
 def _layer_of(module):

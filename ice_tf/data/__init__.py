@@ -9,6 +9,8 @@ one of four kinds of source:
 - **files** (pass `path`): `image_folder` (iSUN, LSUN-C, LSUN-R ...), `npy` (300K Random
   Images), `tiny_images` (80M Tiny Images `.bin`, with OE's CIFAR exclusion list).
 - **synthetic**: `gaussian`, `rademacher`, `blobs` (Outlier Exposure's noise sets).
+- **a user's own arrays or datasets**: `with_outliers((x, y), x_outliers)` and `batched((x, y))`
+  make `OODModel` batches of them (`ice_tf.data.user`).
 - **embedded** (ships with the package, runs offline): `embedded_fashion_mnist`, the near-OOD
   configuration `embedded_fashion_mnist_near` / `embedded_fashion_mnist_heldout`,
   `embedded_outliers`, `embedded_mnist`, `embedded_digits`, `embedded_textures`.
@@ -32,17 +34,23 @@ from ice_tf.data.pipeline import (
     prepare,
 )
 from ice_tf.data.registry import DatasetInfo, get_info, names, normalization
+from ice_tf.data.user import batched, image_shape_of, images_only, num_classes_of, with_outliers
 
 __all__ = [
     "DatasetInfo",
     "EMBEDDED_DIR_ENV",
     "augment",
+    "batched",
     "count",
     "get_info",
+    "image_shape_of",
+    "images_only",
     "load",
     "make_eval_dataset",
     "make_train_dataset",
     "names",
     "normalization",
+    "num_classes_of",
     "prepare",
+    "with_outliers",
 ]

@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from ice_tf import metrics, plotting
+from ice_tf import plotting
 
 flags.DEFINE_string("runs_dir", "runs/demo", "Folder of a comparison: <runs_dir>/<method>/seed<run_seed>.")
 flags.DEFINE_list("methods", list(plotting.DEFAULT_METHODS),
@@ -48,29 +48,8 @@ def choose_sets(scores_by_run, requested):
 
 
 def draw(scores_by_run, sets):
-    """One ROC panel per set; returns (figure, {set: {run: auroc}})."""
-    num_cols = min(len(sets), 3)
-    num_rows = -(-len(sets) // num_cols)
-    figure, axes = plotting.new_figure(num_rows, num_cols, panel_size=(3.4, 3.3))
-    for ax in axes.flat[len(sets):]:
-        ax.axis("off")
-    aurocs = {}
-    for ax, label in zip(axes.flat, sets):
-        aurocs[label] = {}
-        for run, scores in scores_by_run.items():
-            fpr, tpr, _ = metrics.roc_curve_points(scores["in"], scores[label])
-            auroc = metrics.ood_metrics(scores["in"], scores[label])["auroc"]
-            aurocs[label][run] = auroc
-            ax.plot(fpr, tpr, linewidth=1.3, label=f"{plotting.method_label(run)} ({100 * auroc:.1f})")
-        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=0.8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_title(f"OOD: {label}", fontsize=10)
-        ax.set_xlabel("FPR (OOD accepted)", fontsize=8)
-        ax.set_ylabel("TPR (in-distribution accepted)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(title="AUROC %", title_fontsize=7, fontsize=7, loc="lower right")
-    return figure, aurocs
+    """One ROC panel per set; returns (figure, {set: {run: auroc}}) (`plotting.roc_figure`)."""
+    return plotting.roc_figure(scores_by_run, sets)
 
 
 def main(argv):

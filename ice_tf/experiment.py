@@ -67,6 +67,7 @@ def build_model(config, strategy):
         num_classes,
         head=config.head_kind,
         strategy=strategy,
+        normalization=data.normalization(config.in_dataset),
         **config.backbone_kwargs(),
     )
 

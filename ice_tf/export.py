@@ -1,7 +1,15 @@
 """SavedModel export: class probabilities and an in-distribution confidence for serving.
 
-The exported signature `serving_default` (also `serve`) takes `images`
-(batch, H, W, C) float32, preprocessed as the model was trained, and returns:
+Signatures, for a model that records its normalisation (`OODModel(normalization=...)`;
+runs trained by the scripts and `from_classifier(..., normalization=...)` set it):
+
+  serving_default   `images` float32 raw pixels in [0, 255], (batch, H, W, C); the
+                    model's normalisation (x / 255 - mean) / std is applied inside;
+  serve_uint8       the same for uint8 pixels;
+  serve_normalized  `images` float32 already normalised as the model was trained.
+
+A model without a recorded normalisation has `serving_default` (= `serve_normalized`)
+only. Each signature returns:
 
   probabilities  (batch, K)  softmax of the head's outputs (Eq. 0.2 / 0.12);
   confidence     (batch,)    exp(max_i h_i) in (0, 1] for a Gaussian head (Eqs. 0.11,
@@ -71,14 +79,29 @@ def export_saved_model(model, path, score=None, overwrite=False):
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     score = score or default_score(model)
     scores_lib.get(score)  # validate early
-    input_shape = tuple(model.backbone.input_shape[1:])
-    spec = tf.TensorSpec((None, *input_shape), tf.float32, name="images")
+    input_shape = tuple(model.image_shape)
+
+    def spec(dtype):
+        return tf.TensorSpec((None, *input_shape), dtype, name="images")
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serve", lambda images: serving_outputs(model, images, score), input_signature=[spec]
-    )
+    normalization = getattr(model, "normalization", None)
+    if normalization is None:
+        archive.add_endpoint("serve", lambda images: serving_outputs(model, images, score),
+                             input_signature=[spec(tf.float32)])
+    else:
+        mean = tf.constant(normalization[0], tf.float32)
+        std = tf.constant(normalization[1], tf.float32)
+
+        def from_pixels(images):
+            normalised = (tf.cast(images, tf.float32) / 255.0 - mean) / std
+            return serving_outputs(model, normalised, score)
+
+        archive.add_endpoint("serve", from_pixels, input_signature=[spec(tf.float32)])
+        archive.add_endpoint("serve_uint8", from_pixels, input_signature=[spec(tf.uint8)])
+        archive.add_endpoint("serve_normalized", lambda images: serving_outputs(model, images, score),
+                             input_signature=[spec(tf.float32)])
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)

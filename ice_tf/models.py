@@ -69,6 +69,24 @@ def _check_dataset_batches(dataset):
         )
 
 
+def _check_normalization(normalization):
+    """((mean, ...), (std, ...)) as float tuples, or None; a one-line error otherwise."""
+    if normalization is None:
+        return None
+    try:
+        mean, std = normalization
+        mean = tuple(float(v) for v in (mean if hasattr(mean, "__len__") else [mean]))
+        std = tuple(float(v) for v in (std if hasattr(std, "__len__") else [std]))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"normalization must be (mean, std) per channel in [0, 1] pixel units, e.g. "
+            f"((0.286,), (0.353,)); got {normalization!r}."
+        ) from None
+    if len(mean) != len(std) or not all(s > 0 for s in std):
+        raise ValueError(f"normalization needs one mean and one std > 0 per channel; got {normalization!r}.")
+    return mean, std
+
+
 class _TrackerTable:
     """name -> `keras.metrics.Mean`, created on first use.
 
@@ -185,6 +203,9 @@ class OODModel(keras.Model):
         `ice_tf.layers.make_head("gaussian", K)`.
       input_shape: (H, W, C) of the images, for a backbone that does not know its own
         (a subclassed `keras.Model`); the model is then built at once.
+      normalization: (mean, std) per channel in [0, 1] pixel units that the images were
+        normalised with, (x / 255 - mean) / std. Recorded in the model (and its .keras
+        file), so that the exported SavedModel can take raw pixels (`ice_tf.export`).
 
     A trained Keras classifier converts with `OODModel.from_classifier`.
 
@@ -193,8 +214,9 @@ class OODModel(keras.Model):
     0.13-0.14) and in-distribution `accuracy`.
     """
 
-    def __init__(self, backbone, head, input_shape=None, **kwargs):
+    def __init__(self, backbone, head, input_shape=None, normalization=None, **kwargs):
         super().__init__(**kwargs)
+        self.normalization = _check_normalization(normalization)
         self.backbone = backbone
         self.head = head
         self.ood_loss = None
@@ -393,8 +415,8 @@ class OODModel(keras.Model):
     # ------------------------------------------------------- from a classifier
     @classmethod
     def from_classifier(cls, classifier, train_data=None, *, outliers=None, head="gaussian",
-                        feature_layer=None, input_shape=None, batch_size=128, ratio=2,
-                        ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
+                        feature_layer=None, input_shape=None, normalization=None, batch_size=128,
+                        ratio=2, ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
         """Turns a trained Keras classifier into an `OODModel`, weights kept.
 
         The classifier (Sequential, functional or subclassed, ending in a Dense layer with
@@ -415,6 +437,8 @@ class OODModel(keras.Model):
           feature_layer: the layer whose outputs are the features (default: the input of
             the last Dense layer).
           input_shape: (H, W, C), for a classifier that does not know it.
+          normalization: (mean, std) per channel, [0, 1] pixel units, that the
+            classifier's inputs were normalised with; lets the export take raw pixels.
           batch_size, ratio: in-distribution batch size and outliers per in-distribution
             image of the fit's batches (the paper's 128 and 2).
           fit_batches: batches used for the fit (None: one pass over train_data).
@@ -426,8 +450,8 @@ class OODModel(keras.Model):
         """
         return from_classifier(
             classifier, train_data, outliers=outliers, head=head, feature_layer=feature_layer,
-            input_shape=input_shape, batch_size=batch_size, ratio=ratio, ridge=ridge,
-            fit_batches=fit_batches, seed=seed, verbose=verbose)
+            input_shape=input_shape, normalization=normalization, batch_size=batch_size,
+            ratio=ratio, ridge=ridge, fit_batches=fit_batches, seed=seed, verbose=verbose)
 
     # ----------------------------------------------------------- serialization
     def get_config(self):
@@ -439,7 +463,16 @@ class OODModel(keras.Model):
         }
         if self._image_shape is not None:
             config["input_shape"] = list(self._image_shape)
+        if self.normalization is not None:
+            config["normalization"] = [list(self.normalization[0]), list(self.normalization[1])]
         return config
+
+    @property
+    def image_shape(self):
+        """(H, W, C) of the model's input images."""
+        if self._image_shape is not None:
+            return self._image_shape
+        return tuple(self.backbone.input_shape[1:])
 
     @classmethod
     def from_config(cls, config):
@@ -558,8 +591,8 @@ def classifier_parts(classifier, feature_layer=None):
 
 
 def from_classifier(classifier, train_data=None, *, outliers=None, head="gaussian",
-                    feature_layer=None, input_shape=None, batch_size=128, ratio=2,
-                    ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
+                    feature_layer=None, input_shape=None, normalization=None, batch_size=128,
+                    ratio=2, ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
     """An `OODModel` from a trained Keras classifier; see `OODModel.from_classifier`."""
     if head not in ("gaussian", "linear"):
         raise ValueError(f"head={head!r}: use 'gaussian' or 'linear'.")
@@ -582,7 +615,8 @@ def from_classifier(classifier, train_data=None, *, outliers=None, head="gaussia
             raise ValueError("head='linear' keeps the classifier's last Dense layer, and "
                              f"feature_layer={feature_layer!r} leaves none after it.")
         linear = layers_lib.make_head("linear", dense.units)
-        model = OODModel(backbone, linear, input_shape=input_shape, name=f"{classifier.name}_ood")
+        model = OODModel(backbone, linear, input_shape=input_shape, normalization=normalization,
+                         name=f"{classifier.name}_ood")
         kernel = dense.kernel.numpy()
         bias = dense.bias.numpy() if dense.use_bias else np.zeros(dense.units, np.float32)
         linear.set_weights([kernel, bias])
@@ -596,7 +630,8 @@ def from_classifier(classifier, train_data=None, *, outliers=None, head="gaussia
     if num_classes is None:
         num_classes = data.num_classes_of(train_data)
     model = OODModel(backbone, layers_lib.make_head("gaussian", num_classes),
-                     input_shape=input_shape, name=f"{classifier.name}_ood")
+                     input_shape=input_shape, normalization=normalization,
+                     name=f"{classifier.name}_ood")
     batches = (data.with_outliers(train_data, outliers, batch_size=batch_size, ratio=ratio,
                                   seed=seed)
                if outliers is not None else data.batched(train_data, batch_size, seed=seed))
@@ -604,7 +639,8 @@ def from_classifier(classifier, train_data=None, *, outliers=None, head="gaussia
     return model
 
 
-def build_model(backbone, input_shape, num_classes, head="linear", strategy=None, **backbone_kwargs):
+def build_model(backbone, input_shape, num_classes, head="linear", strategy=None,
+                normalization=None, **backbone_kwargs):
     """Builds an `OODModel` by names, inside `strategy.scope()`.
 
     With a strategy of several replicas the backbone gets synchronized BatchNorm,
@@ -616,6 +652,7 @@ def build_model(backbone, input_shape, num_classes, head="linear", strategy=None
       num_classes: K.
       head: "linear" or "gaussian".
       strategy: a `tf.distribute.Strategy`; the current one if None.
+      normalization: (mean, std) per channel the images are normalised with (`OODModel`).
       **backbone_kwargs: architecture options (e.g. `dropout_rate`).
     """
     from ice_tf import backbones  # imported here: backbones import is heavy for users of losses only.
@@ -628,7 +665,8 @@ def build_model(backbone, input_shape, num_classes, head="linear", strategy=None
             sync_batchnorm=strategy.num_replicas_in_sync > 1,
             **backbone_kwargs,
         )
-        return OODModel(network, layers_lib.make_head(head, num_classes), name=f"{backbone}_{head}")
+        return OODModel(network, layers_lib.make_head(head, num_classes),
+                        normalization=normalization, name=f"{backbone}_{head}")
 
 
 __all__ = ["OODModel", "build_model", "from_classifier", "classifier_parts", "ClassifierFeatures",

@@ -2,7 +2,9 @@
 
   python scripts/export.py --model=runs/ice/model.keras --output=exported/ice
 
-The SavedModel's `serving_default` takes `images` and returns `probabilities`,
+The SavedModel's `serving_default` takes `images` (raw pixels in 0-255 when the model
+records its normalisation, as script-trained runs do; `serve_uint8` and
+`serve_normalized` are the other signatures) and returns `probabilities`,
 `confidence` (exp(max h) for the Gaussian head, max softmax otherwise), `score`
 and `outputs`; it loads with plain `tf.saved_model.load`.
 """

@@ -137,7 +137,7 @@ def test_a_run_exports_the_score_it_was_evaluated_with(tmp_path):
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
     images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype("float32")
     served = tf.saved_model.load(str(tmp_path / "run" / "saved_model")).signatures[
-        "serving_default"](images=tf.constant(images))
+        "serve_normalized"](images=tf.constant(images))
     np.testing.assert_allclose(served["score"].numpy(), scores.max_logit(model(images)).numpy(),
                                rtol=1e-5, atol=1e-5)
     assert not np.allclose(served["score"].numpy(), scores.energy(model(images)).numpy())

@@ -101,3 +101,26 @@ def test_export_with_energy_score(tmp_path):
     top = outputs.max(-1)
     expected = top + np.log(np.exp(outputs - top[:, None]).sum(-1))
     np.testing.assert_allclose(served["score"].numpy(), expected, rtol=1e-5)
+
+
+def test_the_default_signature_takes_raw_pixels_with_the_recorded_normalization(tmp_path):
+    import tensorflow as tf
+
+    model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 3),
+                            normalization=((0.5,), (0.25,)))
+    model.compile("sgd", loss="ice")
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    assert reloaded.normalization == ((0.5,), (0.25,))
+    loaded = tf.saved_model.load(export.export_saved_model(reloaded, tmp_path / "served"))
+    assert {"serving_default", "serve_uint8", "serve_normalized"} <= set(loaded.signatures)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 6, 6, 1))
+    expected = model.predict((pixels / 255.0 - 0.5) / 0.25, verbose=0)
+    for name, dtype in (("serving_default", tf.float32), ("serve_uint8", tf.uint8)):
+        served = loaded.signatures[name](images=tf.constant(pixels, dtype))["outputs"].numpy()
+        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+    normalized = loaded.signatures["serve_normalized"](
+        images=tf.constant((pixels / 255.0 - 0.5) / 0.25, tf.float32))["outputs"].numpy()
+    np.testing.assert_allclose(normalized, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one mean and one std > 0 per channel"):
+        models.OODModel(tiny_backbone(), layers.make_head("linear", 3), normalization=((0.5,), (0.0,)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -49,6 +50,26 @@ def unpack_batch(data):
             "use ice_tf.data.with_outliers."
         )
     return first, second, None
+
+
+def _check_outlier_stream_length(dataset):
+    """A zip of a finite outlier stream shorter than the in-distribution stream would end
+    the epoch early, without a word: refuse it (with_outliers repeats the outliers)."""
+    try:
+        inputs = dataset._inputs()  # tf.data's component datasets; not a public API
+    except AttributeError:
+        return
+    if len(inputs) != 2 or not isinstance(dataset.element_spec[0], (tuple, list)):
+        return
+    in_steps, out_steps = (int(tf.data.experimental.cardinality(d)) for d in inputs)
+    if 0 <= out_steps < in_steps or (in_steps < 0 and out_steps >= 0 and
+                                     in_steps != tf.data.experimental.UNKNOWN_CARDINALITY):
+        raise ValueError(
+            f"the outlier stream has {out_steps} batches and the in-distribution stream "
+            f"{'infinitely many' if in_steps < 0 else in_steps}: each epoch would end after "
+            f"{out_steps} steps. Repeat the outliers (outlier_ds.repeat()) or use "
+            "ice_tf.data.with_outliers."
+        )
 
 
 def _check_dataset_batches(dataset):
@@ -404,6 +425,8 @@ class OODModel(keras.Model):
         if isinstance(x, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself.
             _check_dataset_batches(x)
+            _check_outlier_stream_length(x)
+        self._warn_if_raw_pixels(x)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _DivergenceGuard()]
         with _label_errors_as_value_errors():
             return super().fit(x, *args, **kwargs)
@@ -411,6 +434,23 @@ class OODModel(keras.Model):
     def evaluate(self, *args, **kwargs):
         with _label_errors_as_value_errors():
             return super().evaluate(*args, **kwargs)
+
+    def _warn_if_raw_pixels(self, x):
+        """Warns once when a model that records a normalisation is fed raw 0-255 pixels."""
+        if self.normalization is None or getattr(self, "_warned_raw_pixels", False):
+            return
+        try:
+            batch = next(iter(x.take(1))) if isinstance(x, tf.data.Dataset) else x
+            images = unpack_batch(batch)[0]
+        except (ValueError, TypeError, StopIteration, IndexError):
+            return  # the training step reports malformed batches itself
+        values = np.asarray(images[:256] if not isinstance(images, tf.Tensor) else images[:256])
+        if values.size and values.min() >= 0 and values.max() > 20:
+            self._warned_raw_pixels = True
+            mean, std = self.normalization
+            warnings.warn(
+                f"the images look like raw pixels (values 0 to {values.max():.0f}), but this model "
+                f"takes normalised ones: use (x / 255 - {list(mean)}) / {list(std)}.", stacklevel=3)
 
     # ------------------------------------------------------- from a classifier
     @classmethod

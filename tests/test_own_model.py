@@ -152,6 +152,11 @@ def test_keras_conventions_and_first_mistakes_get_one_line_errors():
                                         tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)))
     with pytest.raises(ValueError, match="in-distribution first"):
         model.fit(reversed_zip, epochs=1, verbose=0)
+    short_outliers = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((images, labels)).batch(16),
+                                          tf.data.Dataset.from_tensor_slices(outliers[:64]).batch(32)))
+    with pytest.raises(ValueError, match="the outlier stream has 2 batches and the in-distribution "
+                                         "stream 6: each epoch would end after 2 steps"):
+        model.fit(short_outliers, epochs=1, verbose=0)
     one_hot = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((images, np.eye(3)[labels])).batch(16),
                                    tf.data.Dataset.from_tensor_slices(outliers).batch(32)))
     assert np.isfinite(model.fit(one_hot, epochs=1, verbose=0).history["loss"][-1])
@@ -193,3 +198,19 @@ def test_evaluate_takes_arrays_and_datasets_and_plain_classifiers(tmp_path):
         ice_tf.evaluate(classifier, (images, labels), {"a": outliers}, scores="mahalanobis", verbose=0)
     with pytest.raises(ValueError, match="unknown scores"):
         ice_tf.evaluate(classifier, (images, labels), {"a": outliers}, scores="nope", verbose=0)
+
+
+def test_raw_pixels_into_a_normalised_model_warn_once():
+    images, labels, outliers = blob_data()
+    model = models.OODModel(SubclassedBackbone(), ice_tf.layers.GaussianLayer(3), input_shape=(6, 6, 1),
+                            normalization=((0.5,), (0.25,)))
+    model.compile(keras.optimizers.SGD(0.0), loss="ice")
+    pixels = np.clip(images * 60 + 128, 0, 255)
+    with pytest.warns(UserWarning, match=r"raw pixels .* use \(x / 255 - \[0\.5\]\) / \[0\.25\]"):
+        model.fit(data.with_outliers((pixels, labels), outliers, batch_size=32), epochs=1, verbose=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(data.with_outliers((pixels, labels), outliers, batch_size=32), epochs=1, verbose=0)
+        model.fit(data.with_outliers((images, labels), outliers, batch_size=32), epochs=1, verbose=0)

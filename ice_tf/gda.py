@@ -78,7 +78,11 @@ def tied_covariance(features, labels, means):
 
 
 def fit(features, labels, num_classes):
-    """`Statistics` of in-memory features (two-pass: means, then centred covariance)."""
+    """`Statistics` of in-memory features (two-pass: means, then centred covariance).
+
+    Example:
+      means, covariance, counts = fit(features, labels, num_classes=10)
+    """
     means = class_means(features, labels, num_classes)
     counts = class_sums(features, labels, num_classes)[1]
     if missing_classes(counts):

@@ -612,6 +612,9 @@ def classifier_parts(classifier, feature_layer=None):
     The backbone maps images to the input of the classifier's last Dense layer (or to
     the output of `feature_layer`, a layer name or index); its weights are the
     classifier's own.
+
+    Example:
+      backbone, dense = classifier_parts(classifier)   # dense: the last Dense layer
     """
     dense = _last_dense(classifier) if feature_layer is None else None
     if feature_layer is not None:
@@ -633,7 +636,11 @@ def classifier_parts(classifier, feature_layer=None):
 def from_classifier(classifier, train_data=None, *, outliers=None, head="gaussian",
                     feature_layer=None, input_shape=None, normalization=None, batch_size=128,
                     ratio=2, ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
-    """An `OODModel` from a trained Keras classifier; see `OODModel.from_classifier`."""
+    """An `OODModel` from a trained Keras classifier; see `OODModel.from_classifier`.
+
+    Example:
+      model = from_classifier(classifier, (x_train, y_train), outliers=x_outliers)
+    """
     if head not in ("gaussian", "linear"):
         raise ValueError(f"head={head!r}: use 'gaussian' or 'linear'.")
     backbone, dense = classifier_parts(classifier, feature_layer)

@@ -51,7 +51,11 @@ def _labelled(in_data, what="in_data"):
 
 def images_only(data, what="outliers"):
     """An unbatched dataset of float32 images from an array, a dataset of images or a
-    dataset of (images, labels)."""
+    dataset of (images, labels).
+
+    Example:
+      images_only(tf.data.Dataset.from_tensor_slices((x_svhn, y_svhn))).batch(256)
+    """
     if isinstance(data, tf.data.Dataset):
         spec = data.element_spec
         if isinstance(spec, tuple):
@@ -66,7 +70,11 @@ def images_only(data, what="outliers"):
 
 
 def batched(in_data, batch_size=128, seed=0, shuffle=True):
-    """(x, y) batches of a user's data, reshuffled on every pass when `shuffle`."""
+    """(x, y) batches of a user's data, reshuffled on every pass when `shuffle`.
+
+    Example:
+      model.fit(batched((x_train, y_train), batch_size=128), epochs=10)  # loss="ce"
+    """
     dataset = _labelled(in_data)
     if shuffle:
         dataset = dataset.shuffle(8192, seed=seed, reshuffle_each_iteration=True)
@@ -95,13 +103,21 @@ def with_outliers(in_data, outliers, batch_size=128, ratio=2, seed=0, shuffle=Tr
 
 
 def image_shape_of(in_data):
-    """(H, W, C) of the images of `in_data` ((x, y) arrays or a dataset)."""
+    """(H, W, C) of the images of `in_data` ((x, y) arrays or a dataset).
+
+    Example:
+      image_shape_of((np.zeros((8, 32, 32, 3)), np.zeros(8)))  # (32, 32, 3)
+    """
     spec = _labelled(in_data).element_spec[0]
     return tuple(spec.shape)
 
 
 def num_classes_of(in_data):
-    """1 + the largest label of `in_data` (one pass over a dataset)."""
+    """1 + the largest label of `in_data` (one pass over a dataset).
+
+    Example:
+      num_classes_of((x_train, y_train))  # 10 for CIFAR-10 labels
+    """
     largest = -1
     for _, labels in batched(in_data, 4096, shuffle=False):
         largest = max(largest, int(tf.reduce_max(labels)))

@@ -39,6 +39,8 @@ import types
 import keras
 import tensorflow as tf
 
+from ice_tf.layers import HEADS
+
 # t <= -_MAX_H_CLAMP before -log(1 - exp(t)): an outlier exactly on a class mean
 # (t = 0) then costs -log(1 - exp(-1e-6)) ~ 13.8 instead of inf.
 _MAX_H_CLAMP = 1e-6
@@ -135,15 +137,22 @@ class OODLoss:
 
     def terms(self, y_true, outputs_in, outputs_out=None):
         """The unweighted components, each a float32 scalar."""
+        if self.uses_outliers and outputs_out is None:
+            raise ValueError(
+                f"loss {self.name!r} uses auxiliary outliers: feed the model "
+                "((x, y), x_outliers) batches, or use a loss without outliers such as 'ce'."
+            )
+        return self._terms(y_true, outputs_in, outputs_out if self.uses_outliers else None)
+
+    def in_distribution_terms(self, y_true, outputs_in):
+        """CE and the terms that need no outliers (for validation data `(x, y)`)."""
+        return self._terms(y_true, outputs_in, None)
+
+    def _terms(self, y_true, outputs_in, outputs_out):
         outputs_in = tf.cast(outputs_in, tf.float32)
         num_classes = outputs_in.shape[-1]
         labels = check_labels(y_true, num_classes)
-        if self.uses_outliers:
-            if outputs_out is None:
-                raise ValueError(
-                    f"loss {self.name!r} uses auxiliary outliers: feed the model "
-                    "((x, y), x_outliers) batches, or use a loss without outliers such as 'ce'."
-                )
+        if outputs_out is not None:
             outputs_out = tf.cast(outputs_out, tf.float32)
             if outputs_out.shape[-1] is not None and outputs_out.shape[-1] != num_classes:
                 raise ValueError(
@@ -154,15 +163,6 @@ class OODLoss:
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs_in)
         )
         return {"ce": ce, **self.extra_terms(labels, outputs_in, outputs_out)}
-
-    def in_distribution_terms(self, y_true, outputs_in):
-        """CE and the terms that need no outliers (for validation data `(x, y)`)."""
-        outputs_in = tf.cast(outputs_in, tf.float32)
-        labels = check_labels(y_true, outputs_in.shape[-1])
-        ce = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs_in)
-        )
-        return {"ce": ce, **self.extra_terms(labels, outputs_in, None)}
 
     def combine(self, terms):
         """CE + weight * (sum of the other terms)."""
@@ -322,9 +322,6 @@ class IceMinusLoss(InDistributionCompatibleLoss):
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         return {} if outputs_out is None else {"out_term": ice_outlier_term(outputs_out)}
-
-
-HEADS = ("linear", "gaussian")
 
 
 @dataclasses.dataclass(frozen=True)

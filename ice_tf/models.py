@@ -44,12 +44,15 @@ def unpack_batch(data):
             raise ValueError("the in-distribution part of a batch must be (images, labels).")
         return first[0], first[1], second
     if isinstance(second, (tuple, list)):
-        raise ValueError(
-            "batches must be ((images, labels), outlier_images), in-distribution first; got "
-            "(outliers, (images, labels)): zip as tf.data.Dataset.zip((in_ds, outlier_ds)), or "
-            "use ice_tf.data.with_outliers."
-        )
+        raise ValueError(_ZIP_ORDER_ERROR)
     return first, second, None
+
+
+_ZIP_ORDER_ERROR = (
+    "batches must be ((images, labels), outlier_images), in-distribution first; got "
+    "(outliers, (images, labels)): zip as tf.data.Dataset.zip((in_ds, outlier_ds)), or "
+    "use ice_tf.data.with_outliers."
+)
 
 
 def _check_outlier_stream_length(dataset):
@@ -62,11 +65,11 @@ def _check_outlier_stream_length(dataset):
     if len(inputs) != 2 or not isinstance(dataset.element_spec[0], (tuple, list)):
         return
     in_steps, out_steps = (int(tf.data.experimental.cardinality(d)) for d in inputs)
-    if 0 <= out_steps < in_steps or (in_steps < 0 and out_steps >= 0 and
-                                     in_steps != tf.data.experimental.UNKNOWN_CARDINALITY):
+    infinite = int(tf.data.experimental.INFINITE_CARDINALITY)
+    if out_steps >= 0 and (in_steps == infinite or out_steps < in_steps):
         raise ValueError(
             f"the outlier stream has {out_steps} batches and the in-distribution stream "
-            f"{'infinitely many' if in_steps < 0 else in_steps}: each epoch would end after "
+            f"{'infinitely many' if in_steps == infinite else in_steps}: each epoch would end after "
             f"{out_steps} steps. Repeat the outliers (outlier_ds.repeat()) or use "
             "ice_tf.data.with_outliers."
         )
@@ -82,7 +85,7 @@ def _check_dataset_batches(dataset):
         )
     images = spec[0][0] if isinstance(spec[0], (tuple, list)) else spec[0]
     if isinstance(spec[1], (tuple, list)) and not isinstance(spec[0], (tuple, list)):
-        unpack_batch((None, (None, None)))  # raises the zip-order error
+        raise ValueError(_ZIP_ORDER_ERROR)
     if images.shape.rank == 3 and images.shape[-1] in (1, 3, 4):  # (H, W, C): one image
         raise ValueError(
             f"the dataset yields single images of shape {images.shape}, not batches: batch it, "
@@ -210,7 +213,6 @@ def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RID
         min_scale=1.0,  # on separable training features CE would make h arbitrarily sharp
     )
     return model
-
 
 
 @keras.saving.register_keras_serializable(package="ice_tf")
@@ -444,7 +446,7 @@ class OODModel(keras.Model):
             images = unpack_batch(batch)[0]
         except (ValueError, TypeError, StopIteration, IndexError):
             return  # the training step reports malformed batches itself
-        values = np.asarray(images[:256] if not isinstance(images, tf.Tensor) else images[:256])
+        values = np.asarray(images[:256])
         if values.size and values.min() >= 0 and values.max() > 20:
             self._warned_raw_pixels = True
             mean, std = self.normalization
@@ -488,10 +490,47 @@ class OODModel(keras.Model):
           model.compile(keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), loss="ice")
           model.fit(ice_tf.data.with_outliers((x_train, y_train), x_out), epochs=2)
         """
-        return from_classifier(
-            classifier, train_data, outliers=outliers, head=head, feature_layer=feature_layer,
-            input_shape=input_shape, normalization=normalization, batch_size=batch_size,
-            ratio=ratio, ridge=ridge, fit_batches=fit_batches, seed=seed, verbose=verbose)
+        from ice_tf import data  # imported here: the data package loads TFDS
+
+        if head not in ("gaussian", "linear"):
+            raise ValueError(f"head={head!r}: use 'gaussian' or 'linear'.")
+        backbone, dense = classifier_parts(classifier, feature_layer)
+        if input_shape is None:
+            try:
+                input_shape = tuple(classifier.input_shape[1:])
+            except (AttributeError, ValueError):
+                # A subclassed model that was called once records the shape it was built for.
+                built_for = (classifier.get_build_config() or {}).get("input_shape")
+                input_shape = tuple(built_for[1:]) if built_for else None
+        if input_shape is None and train_data is not None:
+            input_shape = data.image_shape_of(train_data)
+        if input_shape is None:
+            raise ValueError(f"{classifier.name} has no known input shape: pass input_shape=(H, W, C).")
+        if head == "linear":
+            if dense is None:
+                raise ValueError("head='linear' keeps the classifier's last Dense layer, and "
+                                 f"feature_layer={feature_layer!r} leaves none after it.")
+            linear = layers_lib.make_head("linear", dense.units)
+            model = cls(backbone, linear, input_shape=input_shape, normalization=normalization,
+                        name=f"{classifier.name}_ood")
+            kernel = dense.kernel.numpy()
+            bias = dense.bias.numpy() if dense.use_bias else np.zeros(dense.units, np.float32)
+            linear.set_weights([kernel, bias])
+            return model
+        num_classes = dense.units if dense is not None else None
+        if train_data is None:
+            raise ValueError("head='gaussian' is fitted to training data: pass train_data=(x, y) "
+                             "or a dataset of (x, y).")
+        if num_classes is None:
+            num_classes = data.num_classes_of(train_data)
+        model = cls(backbone, layers_lib.make_head("gaussian", num_classes),
+                    input_shape=input_shape, normalization=normalization,
+                    name=f"{classifier.name}_ood")
+        batches = (data.with_outliers(train_data, outliers, batch_size=batch_size, ratio=ratio,
+                                      seed=seed)
+                   if outliers is not None else data.batched(train_data, batch_size, seed=seed))
+        fit_gaussian_head(model, batches, fit_batches, ridge=ridge, verbose=verbose)
+        return model
 
     # ----------------------------------------------------------- serialization
     def get_config(self):
@@ -633,59 +672,6 @@ def classifier_parts(classifier, feature_layer=None):
     return backbone, dense
 
 
-def from_classifier(classifier, train_data=None, *, outliers=None, head="gaussian",
-                    feature_layer=None, input_shape=None, normalization=None, batch_size=128,
-                    ratio=2, ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
-    """An `OODModel` from a trained Keras classifier; see `OODModel.from_classifier`.
-
-    Example:
-      model = from_classifier(classifier, (x_train, y_train), outliers=x_outliers)
-    """
-    if head not in ("gaussian", "linear"):
-        raise ValueError(f"head={head!r}: use 'gaussian' or 'linear'.")
-    backbone, dense = classifier_parts(classifier, feature_layer)
-    if input_shape is None:
-        try:
-            input_shape = tuple(classifier.input_shape[1:])
-        except (AttributeError, ValueError):
-            # A subclassed model that was called once records the shape it was built for.
-            built_for = (classifier.get_build_config() or {}).get("input_shape")
-            input_shape = tuple(built_for[1:]) if built_for else None
-    if input_shape is None and train_data is not None:
-        from ice_tf import data
-
-        input_shape = data.image_shape_of(train_data)
-    if input_shape is None:
-        raise ValueError(f"{classifier.name} has no known input shape: pass input_shape=(H, W, C).")
-    if head == "linear":
-        if dense is None:
-            raise ValueError("head='linear' keeps the classifier's last Dense layer, and "
-                             f"feature_layer={feature_layer!r} leaves none after it.")
-        linear = layers_lib.make_head("linear", dense.units)
-        model = OODModel(backbone, linear, input_shape=input_shape, normalization=normalization,
-                         name=f"{classifier.name}_ood")
-        kernel = dense.kernel.numpy()
-        bias = dense.bias.numpy() if dense.use_bias else np.zeros(dense.units, np.float32)
-        linear.set_weights([kernel, bias])
-        return model
-    num_classes = dense.units if dense is not None else None
-    if train_data is None:
-        raise ValueError("head='gaussian' is fitted to training data: pass train_data=(x, y) "
-                         "or a dataset of (x, y).")
-    from ice_tf import data
-
-    if num_classes is None:
-        num_classes = data.num_classes_of(train_data)
-    model = OODModel(backbone, layers_lib.make_head("gaussian", num_classes),
-                     input_shape=input_shape, normalization=normalization,
-                     name=f"{classifier.name}_ood")
-    batches = (data.with_outliers(train_data, outliers, batch_size=batch_size, ratio=ratio,
-                                  seed=seed)
-               if outliers is not None else data.batched(train_data, batch_size, seed=seed))
-    fit_gaussian_head(model, batches, fit_batches, ridge=ridge, verbose=verbose)
-    return model
-
-
 def build_model(backbone, input_shape, num_classes, head="linear", strategy=None,
                 normalization=None, **backbone_kwargs):
     """Builds an `OODModel` by names, inside `strategy.scope()`.
@@ -716,5 +702,5 @@ def build_model(backbone, input_shape, num_classes, head="linear", strategy=None
                         normalization=normalization, name=f"{backbone}_{head}")
 
 
-__all__ = ["OODModel", "build_model", "from_classifier", "classifier_parts", "ClassifierFeatures",
+__all__ = ["OODModel", "build_model", "classifier_parts", "ClassifierFeatures",
            "fit_gaussian_head", "FINETUNE_RIDGE", "unpack_batch"]

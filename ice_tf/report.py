@@ -93,7 +93,7 @@ def evaluate(model, in_data, ood_data, *, scores=None, protocol="full", num_draw
                                scores=["msp", "mahalanobis"], train_data=(x_train, y_train))
     """
     if not isinstance(model, models.OODModel):
-        model = models.from_classifier(model, head="linear", feature_layer=feature_layer)
+        model = models.OODModel.from_classifier(model, head="linear", feature_layer=feature_layer)
     if isinstance(scores, str):
         scores = [scores]
     scores = list(scores or [export.default_score(model)])

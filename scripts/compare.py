@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
-from ice_tf import evaluation, experiment  # noqa: E402
+from ice_tf import evaluation, experiment, run_folder  # noqa: E402
 from ice_tf.config import METHOD_FIELDS  # noqa: E402
 
 experiment_flags.define_flags(shared_among_methods=True)
@@ -92,9 +92,9 @@ def main(argv):
         return
     results, diverged = {}, {}
     for index, ((label, seed), config) in enumerate(configs.items(), 1):
-        done = os.path.join(config.output_dir, experiment.RESULTS_FILE)
+        done = run_folder.path(config.output_dir, run_folder.RESULTS_FILE)
         print(f"\n=== [{index}/{len(configs)}] {label}, seed {seed} -> {config.output_dir}")
-        if os.path.exists(done) and not FLAGS.rerun:
+        if run_folder.is_finished(config.output_dir) and not FLAGS.rerun:
             print("    finished earlier; reusing its results.json")
             with open(done) as stream:
                 results.setdefault(label, []).append(json.load(stream))

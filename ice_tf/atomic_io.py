@@ -50,4 +50,36 @@ def write_atomic(path, data):
         stream.write(data)
 
 
-__all__ = ["atomic_stream", "write_atomic"]
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """Yields a temporary path beside `path` for a writer that takes a file name (Keras
+    saving); it replaces `path` on success and is removed on an exception."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(handle)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def save_model(model, path):
+    """`model.save(path)` (a .keras file), atomically: a killed save leaves the old file
+    or none, never a truncated one."""
+    with atomic_path(path, suffix=".keras") as temporary:
+        model.save(temporary)
+
+
+def save_weights(model, path):
+    """`model.save_weights(path)` (a .weights.h5 file: weights and optimizer state),
+    atomically."""
+    with atomic_path(path, suffix=".weights.h5") as temporary:
+        model.save_weights(temporary)
+
+
+__all__ = ["atomic_stream", "atomic_path", "write_atomic", "save_model", "save_weights"]

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,8 @@ import time
 import keras
 import numpy as np
 
-from ice_tf import analysis, metrics, run_data, scores
+from ice_tf import analysis, atomic_io, metrics, run_data, scores
+from ice_tf import run_folder as folder_lib
 
 DEFAULT_PROBE_BATCH = 256
 POOLED_OOD = "all"  # key of the pooled OOD sets in ConfidenceHistory records
@@ -53,22 +55,52 @@ def probe_outputs(model, images, batch_size=DEFAULT_PROBE_BATCH):
     return features, outputs
 
 
+def read_records(path):
+    """The records of a .jsonl file, up to a line cut by a kill ([] when missing)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as stream:
+        for line in stream:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break  # a line cut by a kill, and nothing valid after it
+    return records
+
+
+def keep_records(path, last_epoch):
+    """Rewrites a .jsonl of per-epoch records (an "epoch" key each) to those of epochs up
+    to `last_epoch`, atomically, and returns them: a resumed run continues the file
+    with exactly one line per epoch. A missing file gives []."""
+    if not os.path.exists(path):
+        return []
+    records = [record for record in read_records(path) if record.get("epoch", 0) <= last_epoch]
+    atomic_io.write_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+    return records
+
+
 class JsonLinesLogger(keras.callbacks.Callback):
     """Appends each epoch's logs (and the learning rate) as one JSON line, flushed at once.
 
-    Non-finite values are written as null, so that every line is strict JSON.
+    Non-finite values are written as null, so that every line is strict JSON. With
+    `start_epoch` (a resumed run), the lines of later epochs, written before the run
+    stopped, are dropped first and the clock continues from the last kept line.
 
     Example:
       model.fit(train_ds, epochs=3, callbacks=[JsonLinesLogger("run/metrics.jsonl")])
     """
 
-    def __init__(self, path):
+    def __init__(self, path, start_epoch=0):
         super().__init__()
         self.path = path
+        self.start_epoch = int(start_epoch)
         self._start = None
 
     def on_train_begin(self, logs=None):
-        self._start = time.time()
+        kept = keep_records(self.path, self.start_epoch)
+        elapsed = (kept[-1].get("seconds") or 0) if kept else 0
+        self._start = time.time() - elapsed
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2)}
@@ -82,6 +114,92 @@ class JsonLinesLogger(keras.callbacks.Callback):
             stream.flush()
 
 
+def _random_state_variables(model):
+    """The random generators' states (dropout masks): not in `save_weights`, yet part of
+    what an uninterrupted run would continue with."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _all_finite(model):
+    return all(np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in model.weights
+               if "float" in str(v.dtype))
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Saves the training state after every epoch so that a stopped run resumes.
+
+    Writes checkpoints/epoch-NNNN.weights.h5 (weights and optimizer state, whose
+    iteration count places the learning-rate schedule), then checkpoints/last.json
+    naming it (epoch, steps, the random generators' states), each atomically, then
+    removes the previous weights file: at every instant last.json names a complete,
+    matching state. Weights that are not finite are never saved: the checkpoint kept
+    is the last finite one. `restore_training_state` loads it.
+
+    Example:
+      model.fit(ds, epochs=10, steps_per_epoch=50, callbacks=[TrainingCheckpoint("runs/a")])
+      # killed? then, on a freshly built and compiled model:
+      start = restore_training_state(model, "runs/a")  # the epoch to continue from
+    """
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _all_finite(self.model):
+            return
+        directory = folder_lib.path(self.folder, folder_lib.CHECKPOINTS_DIR)
+        weights_name = f"epoch-{epoch + 1:04d}.weights.h5"
+        atomic_io.save_weights(self.model, os.path.join(directory, weights_name))
+        state_path = folder_lib.path(self.folder, folder_lib.LAST_STATE)
+        previous = _read_state(state_path)
+        state = {
+            "epoch": epoch + 1,
+            "weights": weights_name,
+            "iterations": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
+            "random_state": [keras.ops.convert_to_numpy(v).tolist()
+                             for v in _random_state_variables(self.model)],
+        }
+        atomic_io.write_atomic(state_path, json.dumps(state) + "\n")
+        if previous and previous.get("weights") not in (None, weights_name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, previous["weights"]))
+
+
+def _read_state(state_path):
+    try:
+        with open(state_path) as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None
+
+
+def restore_training_state(model, folder):
+    """Loads the state `TrainingCheckpoint` saved in `folder` into a built, compiled
+    model; returns the number of epochs it had finished (0 when there is none).
+
+    Raises ValueError when the state does not fit the model (another architecture).
+    """
+    state = _read_state(folder_lib.path(folder, folder_lib.LAST_STATE))
+    if not state:
+        return 0
+    weights_path = folder_lib.path(folder, os.path.join(folder_lib.CHECKPOINTS_DIR, state["weights"]))
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    try:
+        model.load_weights(weights_path)
+    except (ValueError, OSError) as error:
+        raise ValueError(
+            f"{weights_path} does not fit this model ({str(error).splitlines()[0]}); "
+            "train into another output_dir, or pass --overwrite to start over."
+        ) from None
+    generators = _random_state_variables(model)
+    if len(generators) == len(state.get("random_state", [])):
+        for variable, value in zip(generators, state["random_state"]):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+    return int(state["epoch"])
+
+
 class ProbeCallback(keras.callbacks.Callback):
     """Base class: one measurement of fixed probe images before training and per epoch.
 
@@ -93,15 +211,19 @@ class ProbeCallback(keras.callbacks.Callback):
         `fit`); None keeps them in `history` only.
       batch_size: probe images per forward pass.
       measure_before_training: also record epoch 0, before the first update.
+      start_epoch: a resumed run's first epoch: the file keeps its records up to it (and
+        `history` is read back from them); later ones, written before the stop, go.
     """
 
-    def __init__(self, path=None, batch_size=DEFAULT_PROBE_BATCH, measure_before_training=True):
+    def __init__(self, path=None, batch_size=DEFAULT_PROBE_BATCH, measure_before_training=True,
+                 start_epoch=0):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.path = path
         self.batch_size = int(batch_size)
         self.measure_before_training = measure_before_training
+        self.start_epoch = int(start_epoch)
         self.history = []
         self._file_started = False
 
@@ -111,9 +233,12 @@ class ProbeCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.path and not self._file_started:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            open(self.path, "w").close()  # a new run's records never follow an old run's
+            # A new run's records never follow an old run's; a resumed run keeps its own.
+            self.history = keep_records(self.path, self.start_epoch) if self.start_epoch else []
+            if not self.start_epoch:
+                open(self.path, "w").close()
             self._file_started = True
-        if self.measure_before_training and not self.history:
+        if self.measure_before_training and not self.history and not self.start_epoch:
             self._record(0, None)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -300,7 +425,7 @@ def _images_of(dataset):
     return np.concatenate([images.numpy() for images, _ in dataset])
 
 
-def analysis_callbacks(config, directory=None, probe_size=None):
+def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0):
     """The callbacks `config.analyses` asks for, on probe sets built once.
 
     Args:
@@ -308,6 +433,7 @@ def analysis_callbacks(config, directory=None, probe_size=None):
       directory: the run folder; records go to <directory>/analysis/<name>.jsonl
         (None: kept in memory only, as in a dry run).
       probe_size: images per probe set; default `config.analysis_probe_size`.
+      start_epoch: the first epoch of a resumed run (see `ProbeCallback`).
     """
     if not config.analyses:
         return []
@@ -320,12 +446,15 @@ def analysis_callbacks(config, directory=None, probe_size=None):
     for name in config.analyses:
         if name == "gradient_meter":
             made.append(
-                ContradictoryGradientMeter(*probes["train"], probes["outliers"], path(name))
+                ContradictoryGradientMeter(*probes["train"], probes["outliers"], path(name),
+                                           start_epoch=start_epoch)
             )
         elif name == "shift":
-            made.append(DistributionShiftTracker(*probes["train"], probes["outliers"], path(name)))
+            made.append(DistributionShiftTracker(*probes["train"], probes["outliers"], path(name),
+                                                 start_epoch=start_epoch))
         elif name == "confidence":
-            made.append(ConfidenceHistory(probes["eval"], probes["ood"], path(name)))
+            made.append(ConfidenceHistory(probes["eval"], probes["ood"], path(name),
+                                          start_epoch=start_epoch))
         else:
             raise ValueError(
                 f"Unknown analysis {name!r}; valid analyses: {', '.join(analysis.ANALYSES)}."
@@ -335,6 +464,10 @@ def analysis_callbacks(config, directory=None, probe_size=None):
 
 __all__ = [
     "JsonLinesLogger",
+    "read_records",
+    "keep_records",
+    "TrainingCheckpoint",
+    "restore_training_state",
     "ProbeCallback",
     "ContradictoryGradientMeter",
     "DistributionShiftTracker",

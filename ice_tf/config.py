@@ -87,6 +87,7 @@ class ExperimentConfig:
     batch_out: int = 256
     augment: bool = True
     seed: int = 1
+    deterministic: bool = False  # op determinism: the same command, the same numbers
     # Hardware.
     strategy: str = "auto"
     mixed_precision: bool = False

@@ -7,10 +7,8 @@ the experiment.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import time
 
 import keras
@@ -20,9 +18,10 @@ from ice_tf import callbacks as callbacks_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
 from ice_tf import run_folder as folder_lib
 from ice_tf.config import ExperimentConfig
-from ice_tf.run_data import image_shape_of, make_eval_data, make_train_data, mock_sources
+from ice_tf.run_data import (check_sources, image_shape_of, make_eval_data, make_train_data,
+                             mock_sources)
 from ice_tf.callbacks import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
-from ice_tf.atomic_io import write_atomic  # noqa: F401  (scripts use experiment.write_atomic)
+from ice_tf.atomic_io import save_model, write_atomic  # noqa: F401  (scripts use write_atomic)
 from ice_tf.models import FINETUNE_RIDGE, fit_gaussian_head  # noqa: F401  (their home: models)
 
 RESULTS_FILE = folder_lib.RESULTS_FILE
@@ -45,10 +44,21 @@ def initialize_from_checkpoint(model, checkpoint_path, train_dataset=None, num_b
     `train_dataset` (the fine-tune's own batches, as `make_train_data` returns) and
     `num_batches` are needed only in that case.
     """
+    if not os.path.isfile(checkpoint_path):
+        raise FileNotFoundError(
+            f"init_checkpoint {checkpoint_path!r} does not exist; give the model.keras of a "
+            "finished run (e.g. runs/demo/ce/seed1/model.keras).")
     pretrained = keras.models.load_model(checkpoint_path, compile=False)
     if not isinstance(pretrained, models.OODModel):
-        raise ValueError(f"{checkpoint_path} is not an ice_tf OODModel.")
-    model.backbone.set_weights(pretrained.backbone.get_weights())
+        raise ValueError(f"{checkpoint_path} is not an ice_tf OODModel; convert a Keras "
+                         "classifier with OODModel.from_classifier.")
+    try:
+        model.backbone.set_weights(pretrained.backbone.get_weights())
+    except ValueError as error:
+        raise ValueError(
+            f"init_checkpoint {checkpoint_path!r} does not fit backbone {model.backbone.name!r} "
+            f"({str(error).splitlines()[0]}); fine-tune with the backbone it was trained with."
+        ) from None
     if pretrained.gaussian_head == model.gaussian_head:
         model.head.set_weights(pretrained.head.get_weights())
     elif model.gaussian_head:
@@ -85,11 +95,16 @@ def dry_run(config):
     return run(config.replace(dry_run=True), verbose=0)
 
 
-def _train(config, out, verbose):
+def _train(config, out, verbose, resume=False, extra_callbacks=()):
     """Everything before evaluation, for a real run and a dry run alike: seed, strategy,
-    data, model, fine-tune start, compile, callbacks and `fit`. A dry run (`out` None)
-    takes one step of at most 4 + 8 images, on mock data, and writes nothing; it has
-    no checkpoint to start a fine-tune from, so its model keeps its initialisation."""
+    data, model, fine-tune start or resumed state, compile, callbacks and `fit`.
+
+    A dry run (`out` None) takes one step of at most 4 + 8 images, on mock data, and
+    writes nothing; it has no checkpoint to start a fine-tune from, so its model keeps
+    its initialisation. With `resume`, training continues from the state in
+    checkpoints/ (`callbacks.TrainingCheckpoint`): weights, optimizer (and with it the
+    learning-rate schedule), random state and the data stream's position.
+    """
     dry = out is None
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.get_strategy(config.strategy)
@@ -99,32 +114,38 @@ def _train(config, out, verbose):
     epochs, steps_per_epoch = (1, 1) if dry else (config.epochs, steps_per_epoch)
     with strategy.scope():
         model = build_model(config, strategy)
-        if config.schedule == "finetune" and not dry:
-            initialize_from_checkpoint(
-                model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
-            )
         model.compile(
             build_optimizer(config, epochs * steps_per_epoch),
             loss=losses.get(config.loss, **config.loss_kwargs()),
             weight_decay=config.weight_decay,
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
+        start_epoch = callbacks_lib.restore_training_state(model, out) if resume else 0
+        if config.schedule == "finetune" and not dry and not start_epoch:
+            initialize_from_checkpoint(
+                model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
+            )
+    if start_epoch:
+        # The stream continues where the uninterrupted run would be.
+        train_ds, _ = make_train_data(config, batch_in, batch_out,
+                                      start_step=start_epoch * steps_per_epoch)
+        if verbose:
+            print(f"Resuming {out} after epoch {start_epoch} of {epochs}")
     # Analyses first: they add their scalars to the logs the loggers below write.
     callbacks = callbacks_lib.analysis_callbacks(
-        config, directory=out, probe_size=8 if dry else None)
+        config, directory=out, probe_size=8 if dry else None, start_epoch=start_epoch)
     if not dry:
-        os.makedirs(folder_lib.path(out, folder_lib.CHECKPOINTS_DIR), exist_ok=True)
         callbacks += [
-            JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE)),
+            JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch),
             keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
                                         update_freq="epoch"),
-            keras.callbacks.ModelCheckpoint(folder_lib.path(out, folder_lib.LAST_CHECKPOINT)),
+            callbacks_lib.TrainingCheckpoint(out),
         ]
-    callbacks.append(keras.callbacks.TerminateOnNaN())
+    callbacks += list(extra_callbacks)
     started = time.time()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose and 1)
-    if not np.all(np.isfinite(history.history["loss"])):
+                        initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
+    if not np.all(np.isfinite(history.history.get("loss", []))):
         raise FloatingPointError("training diverged (non-finite loss); no results written.")
     return model, history, time.time() - started
 
@@ -145,68 +166,105 @@ def load_run(run_dir, **overrides):
     return keras.models.load_model(model_path, compile=False), config, model_path
 
 
-def _prepare_output_dir(path):
-    os.makedirs(path, exist_ok=True)
-    # An earlier run's results must not make this one look finished.
-    for stale in folder_lib.STALE_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(folder_lib.path(path, stale))
-    for stale_dir in folder_lib.STALE_DIRS:
-        shutil.rmtree(folder_lib.path(path, stale_dir), ignore_errors=True)
+def enable_determinism():
+    """Op determinism (plus the seeds every run sets): one command, one result, on one
+    machine. Process-wide and permanent, as TensorFlow has it.
+
+    Grappler's arithmetic optimisation is turned off too: it regroups sums in an order
+    that changes from one trace to the next, which moved the logged loss by one float32
+    ulp between identical runs (the weights were already identical).
+    """
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
 
 
-def run(config: ExperimentConfig, verbose=1):
-    """Trains, evaluates and exports one model; returns the results dict.
+def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), files=None):
+    """Trains, evaluates and exports one model into `config.output_dir`; returns the
+    results dict.
+
+    The run folder's contract (`ice_tf.run_folder.prepare_for_training`): one process
+    at a time (run.lock); a finished folder, or one of another config, is refused
+    unless `overwrite`, which removes every earlier output; the same config into an
+    unfinished folder resumes from the last finished epoch. Every set the run reads is
+    opened and a batch decoded before the first step (`run_data.check_sources`).
 
     With `config.dry_run` the same path runs on mock data for one step, builds every
     evaluation pipeline, writes nothing and returns the step's logs.
+
+    Args:
+      config: the `ExperimentConfig`.
+      verbose: 0 silent, 1 progress bars.
+      overwrite: replace a finished run or one of another config.
+      callbacks: extra Keras callbacks for `fit`.
+      files: {name: text} written into the folder with config.json (scripts: flags.txt).
 
     Example:
       results = run(ExperimentConfig(backbone="small_cnn", epochs=6, output_dir="runs/ice"))
     """
     config = config.validate()
+    if config.deterministic:
+        enable_determinism()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         if config.dry_run:
             with mock_sources():
-                _, history, _ = _train(config, None, verbose=0)
+                _, history, _ = _train(config, None, verbose=0, extra_callbacks=callbacks)
                 make_eval_data(config)  # builds every evaluation pipeline
             return {key: float(values[-1]) for key, values in history.history.items()}
         out = config.output_dir
-        _prepare_output_dir(out)
-        write_atomic(folder_lib.path(out, folder_lib.CONFIG_FILE), config.to_json() + "\n")
-        model, _, train_seconds = _train(config, out, verbose)
-        model.save(folder_lib.path(out, folder_lib.MODEL_FILE))
-
-        in_ds, ood_ds = make_eval_data(config)
-        if verbose:
-            print(f"Evaluating on {config.eval_split} + {len(ood_ds)} OOD sets ({config.protocol} protocol)")
-        results, raw_scores = evaluation.evaluate_model(
-            model, in_ds, ood_ds, score=config.score_name, protocol=config.protocol,
-            num_draws=config.eval_draws, seed=config.seed, verbose=verbose, return_scores=True,
-        )
-        folder_lib.save_scores(out, raw_scores)
-        if config.export:
-            # The served score is the one the run was evaluated with.
-            export.export_saved_model(
-                model, folder_lib.path(out, folder_lib.SAVED_MODEL_DIR), score=config.score_name,
-                overwrite=True,
-            )
+        with folder_lib.RunLock(out):
+            folder_lib.check_folder(out, config.to_dict(), overwrite)  # refusals come first
+            check_sources(config)
+            state = folder_lib.prepare_for_training(out, config.to_dict(), overwrite)
+            write_atomic(folder_lib.path(out, folder_lib.CONFIG_FILE), config.to_json() + "\n")
+            for name, text in (files or {}).items():
+                write_atomic(folder_lib.path(out, name), text)
+            model, _, train_seconds = _train(config, out, verbose, resume=state == "resume",
+                                             extra_callbacks=callbacks)
+            results = _evaluate_and_export(config, model, out, verbose)
+            results["train_seconds"] = round(_total_train_seconds(out, train_seconds), 1)
+            title = f"{config.loss} ({config.head_kind} head, {config.backbone}) on {config.in_dataset}"
+            write_atomic(folder_lib.path(out, folder_lib.RESULTS_MARKDOWN),
+                         evaluation.results_markdown(results, title))
+            # Last: its presence is what makes the folder finished.
+            write_atomic(folder_lib.path(out, RESULTS_FILE), json.dumps(results, indent=2) + "\n")
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    results["method"] = config.loss
-    results["head"] = config.head_kind
-    results["epochs"] = config.epochs
-    results["train_seconds"] = round(train_seconds, 1)
-    title = f"{config.loss} ({config.head_kind} head, {config.backbone}) on {config.in_dataset}"
-    write_atomic(folder_lib.path(out, folder_lib.RESULTS_MARKDOWN),
-                 evaluation.results_markdown(results, title))
-    write_atomic(folder_lib.path(out, RESULTS_FILE), json.dumps(results, indent=2) + "\n")
     return results
 
 
+def _evaluate_and_export(config, model, out, verbose):
+    save_model(model, folder_lib.path(out, folder_lib.MODEL_FILE))
+    in_ds, ood_ds = make_eval_data(config)
+    if verbose:
+        print(f"Evaluating on {config.eval_split} + {len(ood_ds)} OOD sets ({config.protocol} protocol)")
+    results, raw_scores = evaluation.evaluate_model(
+        model, in_ds, ood_ds, score=config.score_name, protocol=config.protocol,
+        num_draws=config.eval_draws, seed=config.seed, verbose=verbose, return_scores=True,
+    )
+    folder_lib.save_scores(out, raw_scores)
+    if config.export:
+        # The served score is the one the run was evaluated with.
+        export.export_saved_model(
+            model, folder_lib.path(out, folder_lib.SAVED_MODEL_DIR), score=config.score_name,
+            overwrite=True,
+        )
+    results["method"] = config.loss
+    results["head"] = config.head_kind
+    results["epochs"] = config.epochs
+    return results
+
+
+def _total_train_seconds(out, this_process_seconds):
+    """Training time over every attempt of a resumed run (metrics.jsonl's clock)."""
+    records = callbacks_lib.read_records(folder_lib.path(out, folder_lib.METRICS_FILE))
+    return (records[-1].get("seconds") or this_process_seconds) if records else this_process_seconds
+
+
 __all__ = [
-    "run", "dry_run", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
+    "run", "dry_run", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
     "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
 ]

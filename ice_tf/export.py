@@ -9,7 +9,9 @@ runs trained by the scripts and `from_classifier(..., normalization=...)` set it
   serve_normalized  `images` float32 already normalised as the model was trained.
 
 A model without a recorded normalisation has `serving_default` (= `serve_normalized`)
-only. Each signature returns:
+only. Every signature checks its input at run time: a wrong rank or image size is an
+InvalidArgumentError naming the expected shape (never a process abort), another dtype
+is refused by the signature, and an empty batch gives empty outputs. Each returns:
 
   probabilities  (batch, K)  softmax of the head's outputs (Eq. 0.2 / 0.12);
   confidence     (batch,)    exp(max_i h_i) in (0, 1] for a Gaussian head (Eqs. 0.11,
@@ -58,6 +60,40 @@ def serving_outputs(model, images, score=None):
     }
 
 
+def checked_images(images, image_shape):
+    """`images` as (batch, *image_shape), after a run-time check of its shape.
+
+    The exported signatures accept a tensor of any shape and check it here, so that a
+    wrong rank or image size is an InvalidArgumentError naming the expected shape,
+    never a kernel failure that aborts the serving process.
+    """
+    expected = tf.constant(image_shape, tf.int32)
+    shape = tf.shape(images, out_type=tf.int32)
+    padded = tf.concat([shape, tf.zeros(4, tf.int32)], axis=0)[:4]  # any rank compares
+    fits = tf.logical_and(tf.equal(tf.size(shape), 4),
+                          tf.reduce_all(tf.equal(padded[1:], expected)))
+    message = f"images must have shape (batch, {', '.join(map(str, image_shape))}); got shape"
+    with tf.control_dependencies([tf.debugging.Assert(fits, [message, shape])]):
+        return tf.reshape(images, (-1, *image_shape))
+
+
+def _serve(model, images, score, normalization=None):
+    """The signature body: shape check, optional normalisation, outputs; an empty batch
+    gives empty outputs."""
+    images = checked_images(images, tuple(model.image_shape))
+    if normalization is not None:
+        mean = tf.constant(normalization[0], tf.float32)
+        std = tf.constant(normalization[1], tf.float32)
+        images = (tf.cast(images, tf.float32) / 255.0 - mean) / std
+    num_classes = int(model.num_classes)
+
+    def empty():
+        return {"probabilities": tf.zeros((0, num_classes)), "confidence": tf.zeros((0,)),
+                "score": tf.zeros((0,)), "outputs": tf.zeros((0, num_classes))}
+
+    return tf.cond(tf.shape(images)[0] > 0, lambda: serving_outputs(model, images, score), empty)
+
+
 def export_saved_model(model, path, score=None, overwrite=False):
     """Writes `model` (an `OODModel`) as a SavedModel directory at `path`.
 
@@ -79,29 +115,27 @@ def export_saved_model(model, path, score=None, overwrite=False):
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     score = score or default_score(model)
     scores_lib.get(score)  # validate early
-    input_shape = tuple(model.image_shape)
 
     def spec(dtype):
-        return tf.TensorSpec((None, *input_shape), dtype, name="images")
+        # Any shape: `checked_images` checks it at run time (see there why).
+        return tf.TensorSpec(None, dtype, name="images")
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     normalization = getattr(model, "normalization", None)
+
+    def normalized(images):
+        return _serve(model, images, score)
+
+    def from_pixels(images):
+        return _serve(model, images, score, normalization)
+
     if normalization is None:
-        archive.add_endpoint("serve", lambda images: serving_outputs(model, images, score),
-                             input_signature=[spec(tf.float32)])
+        archive.add_endpoint("serve", normalized, input_signature=[spec(tf.float32)])
     else:
-        mean = tf.constant(normalization[0], tf.float32)
-        std = tf.constant(normalization[1], tf.float32)
-
-        def from_pixels(images):
-            normalised = (tf.cast(images, tf.float32) / 255.0 - mean) / std
-            return serving_outputs(model, normalised, score)
-
         archive.add_endpoint("serve", from_pixels, input_signature=[spec(tf.float32)])
         archive.add_endpoint("serve_uint8", from_pixels, input_signature=[spec(tf.uint8)])
-        archive.add_endpoint("serve_normalized", lambda images: serving_outputs(model, images, score),
-                             input_signature=[spec(tf.float32)])
+        archive.add_endpoint("serve_normalized", normalized, input_signature=[spec(tf.float32)])
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -116,4 +150,4 @@ def export_saved_model(model, path, score=None, overwrite=False):
     return path
 
 
-__all__ = ["export_saved_model", "serving_outputs", "default_score"]
+__all__ = ["export_saved_model", "serving_outputs", "checked_images", "default_score"]

@@ -151,9 +151,16 @@ DIVERGENCE_REMEDY = (
 )
 
 
+# The training step's own log of what it found not finite (`OODModel.train_step`);
+# `_DivergenceGuard` takes it out of the logs before any other callback sees them.
+NONFINITE_LOG = "_nonfinite"
+FINITE, NONFINITE_INPUT, NONFINITE_WEIGHTS = 0, 1, 2
+
+
 class _DivergenceGuard(keras.callbacks.Callback):
-    """Stops `fit` at the first non-finite loss with an error that names the remedy
-    (Keras's TerminateOnNaN stops silently)."""
+    """Stops `fit` at the first step with a non-finite input batch, weights or loss, with
+    an error that says which and names the remedy (Keras's TerminateOnNaN stops silently,
+    and only looks at the loss, which NaN weights need not make NaN)."""
 
     def __init__(self):
         super().__init__()
@@ -162,14 +169,40 @@ class _DivergenceGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def _check(self, logs, where):
+        logs = logs if logs is not None else {}
+        found = logs.pop(NONFINITE_LOG, FINITE)
+        found = int(found) if found is not None and math.isfinite(float(found)) else FINITE
+        loss = logs.get("loss")
+        if found == NONFINITE_INPUT:
+            message = (f"a training batch holds NaN or inf values ({where}): check the data, e.g. "
+                       "for a corrupt image or a division by zero in preprocessing")
+        elif found == NONFINITE_WEIGHTS:
+            message = f"training diverged (non-finite weights) at {where}: {DIVERGENCE_REMEDY}"
+        elif loss is not None and not math.isfinite(float(loss)):
+            message = f"training diverged (non-finite loss) at {where}: {DIVERGENCE_REMEDY}"
+        else:
+            return
+        self.model.stop_training = True
+        raise FloatingPointError(message + ".")
+
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.model.stop_training = True
-            raise FloatingPointError(
-                f"training diverged (non-finite loss) at epoch {self._epoch + 1}, step {batch + 1}: "
-                f"{DIVERGENCE_REMEDY}."
-            )
+        self._check(logs, f"epoch {self._epoch + 1}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"epoch {epoch + 1}")
+
+
+def _nonfinite_code(data, variables):
+    """`NONFINITE_INPUT` if a float tensor of the batch `data` is not finite, else
+    `NONFINITE_WEIGHTS` if a variable is not, else `FINITE` (an int32 tensor)."""
+    inputs = [tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(data)
+              if tf.as_dtype(t.dtype).is_floating]
+    weights = [tf.reduce_all(tf.math.is_finite(v)) for v in variables
+               if tf.as_dtype(v.dtype).is_floating]
+    inputs_ok = tf.reduce_all(tf.stack(inputs)) if inputs else tf.constant(True)
+    weights_ok = tf.reduce_all(tf.stack(weights)) if weights else tf.constant(True)
+    return tf.where(inputs_ok, tf.where(weights_ok, FINITE, NONFINITE_WEIGHTS), NONFINITE_INPUT)
 
 
 def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RIDGE, verbose=1):
@@ -409,7 +442,12 @@ class OODModel(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_trackers(labels, outputs_in, terms, loss)
+        logs = self._update_trackers(labels, outputs_in, terms, loss)
+        # A NaN can leave the loss finite (max and clip ops pass it by) while it
+        # spreads through the weights: the inputs and the weights are checked too.
+        logs[NONFINITE_LOG] = _nonfinite_code(data, self.trainable_variables
+                                              + self.non_trainable_variables)
+        return logs
 
     def test_step(self, data):
         labels, outputs_in, terms, loss = self._forward_and_loss(data, training=False)
@@ -429,7 +467,8 @@ class OODModel(keras.Model):
             _check_dataset_batches(x)
             _check_outlier_stream_length(x)
         self._warn_if_raw_pixels(x)
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _DivergenceGuard()]
+        # First, so that it takes its log out before the others see the logs.
+        kwargs["callbacks"] = [_DivergenceGuard(), *(kwargs.get("callbacks") or [])]
         with _label_errors_as_value_errors():
             return super().fit(x, *args, **kwargs)
 

@@ -8,6 +8,7 @@ the analysis callbacks and the post-hoc detectors alike:
   make_eval_data(config)        the in-distribution evaluation split and {label: OOD set}
   statistics_data(config)       unaugmented training images for fitted statistics
   load_images(config, ...)      a small seeded sample of a set as arrays (probes)
+  check_sources(config)         every set opened and a batch decoded, before training
   mock_sources()                TFDS mock data for dry runs; file-based sets become noise
 
 Example:
@@ -19,10 +20,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 
 from ice_tf import data
+from ice_tf.data import files
 
 
 @contextlib.contextmanager
@@ -50,8 +53,9 @@ def image_shape_of(config):
     return tuple(shape)
 
 
-def make_train_data(config, batch_in, batch_out):
-    """(dataset of ((x, y), x_outliers) or (x, y) batches, steps per epoch)."""
+def make_train_data(config, batch_in, batch_out, start_step=0):
+    """(dataset of ((x, y), x_outliers) or (x, y) batches, steps per epoch); `start_step`
+    batches of the stream are skipped (a resumed run)."""
     outlier_name, outlier_path = None, None
     if config.uses_outliers:
         outlier_name, outlier_path = substitute(config, config.outlier_dataset, config.outlier_path)
@@ -68,7 +72,57 @@ def make_train_data(config, batch_in, batch_out):
         outlier_exclude_index_path=None if config.dry_run else config.outlier_exclude_path,
         download=config.download,
         limit=config.limit_train,
+        start_step=start_step,
     )
+
+
+class DataCheckError(ValueError):
+    """A set a run reads cannot be read; the message names the set, the file and the fix."""
+
+
+def _first_line(error):
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_sources(config, batch_size=16):
+    """Opens every set a run reads besides its training split (the outlier source, each
+    OOD set) and decodes a first batch of each, before any training; image folders
+    are scanned for truncated or mislabelled files (`data.files.check_image_files`).
+
+    Also checks that a fine-tune's init_checkpoint exists.
+
+    Raises:
+      DataCheckError: one line naming the set, the file where one is at fault, and the cause.
+    """
+    if config.schedule == "finetune" and config.init_checkpoint and not os.path.isfile(
+            config.init_checkpoint):
+        raise DataCheckError(
+            f"init_checkpoint {config.init_checkpoint!r} does not exist; give the model.keras "
+            "of a finished run (e.g. runs/demo/ce/seed1/model.keras).")
+    sets = []
+    if config.uses_outliers:
+        sets.append(("outlier source", config.outlier_dataset, "train", config.outlier_path,
+                     config.outlier_exclude_path))
+    sets += [(f"OOD set {spec.label!r}", spec.dataset, spec.split, spec.path, None)
+             for spec in config.ood_set_specs]
+    for what, name, split, path, exclude in sets:
+        where = f"{what} ({name}{' at ' + path if path else ''})"
+        try:
+            if name == "image_folder" and path and os.path.isdir(path):
+                problems = files.check_image_files(path)
+                if problems:
+                    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                    raise DataCheckError(f"{where}: {problems[0]}{more}; remove or re-encode it.")
+            dataset = data.make_eval_dataset(
+                name, split, path=path, exclude_index_path=exclude,
+                **_eval_options(config, batch_size=batch_size, limit=None))
+            for _ in dataset.take(1):
+                pass
+        except DataCheckError:
+            raise
+        except Exception as error:  # noqa: BLE001  (any reader's failure, in one line)
+            raise DataCheckError(f"{where}: {_first_line(error)}") from None
 
 
 def _eval_options(config, **changes):
@@ -119,5 +173,5 @@ def load_images(config, name, split, limit, path=None, exclude_index_path=None):
 
 __all__ = [
     "mock_sources", "substitute", "image_shape_of", "make_train_data", "make_eval_data",
-    "statistics_data", "load_images",
+    "statistics_data", "load_images", "check_sources", "DataCheckError",
 ]

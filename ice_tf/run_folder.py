@@ -2,18 +2,25 @@
 
 One training run writes one folder (`ice_tf.experiment.run`):
 
+  run.lock             while a process writes the folder: its pid, host and start
   flags.txt            a flag file that re-runs it (scripts)
   config.json          the frozen config
   metrics.jsonl        one JSON line per epoch
   analysis/            the training-time analyses asked for (ice_tf.callbacks)
   tensorboard/         TensorBoard logs
-  checkpoints/         last.keras after every epoch
+  checkpoints/         the training state after the last finished epoch (weights,
+                       optimizer, random state: last.weights.h5, last.json), to resume
   model.keras          the trained model
   saved_model/         the serving SavedModel (ice_tf.export)
   scores.npz           raw OOD scores of the evaluation: "in" and one key per OOD set
   mahalanobis_stats.npz  post-hoc Mahalanobis statistics, once fitted (ice_tf.detectors)
   results.json         the metrics, written last: a folder without it is not finished
   results.md           the same as a markdown table
+
+A folder is *running* while run.lock names a live process, *unfinished* without
+results.json, *finished* with it. `prepare_for_training` enforces the contract: a
+finished folder or another config is refused unless `overwrite`; the same config
+into an unfinished folder resumes from checkpoints/ (ice_tf.experiment.run).
 
 scripts/compare.py puts runs at <runs_dir>/<label>/seed<k> (`method_run`); every
 script that reads runs takes them from here, by label and seed or as 'label:folder'
@@ -26,8 +33,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
+import time
+import warnings
 
 import numpy as np
 
@@ -37,7 +49,9 @@ METRICS_FILE = "metrics.jsonl"
 ANALYSIS_DIR = "analysis"  # also ice_tf.analysis.ANALYSIS_DIR
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINTS_DIR = "checkpoints"
-LAST_CHECKPOINT = os.path.join(CHECKPOINTS_DIR, "last.keras")
+LAST_CHECKPOINT = os.path.join(CHECKPOINTS_DIR, "last.weights.h5")  # model and optimizer
+LAST_STATE = os.path.join(CHECKPOINTS_DIR, "last.json")  # epoch, step, random state
+LOCK_FILE = "run.lock"
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 SCORES_FILE = "scores.npz"
@@ -46,10 +60,18 @@ RESULTS_FILE = "results.json"
 RESULTS_MARKDOWN = "results.md"
 IN_DISTRIBUTION_KEY = "in"
 
-# What a new run into an existing folder removes first, so that an earlier run's
-# outputs never make it look finished or mix with its own.
-STALE_FILES = (RESULTS_FILE, RESULTS_MARKDOWN, METRICS_FILE)
-STALE_DIRS = (TENSORBOARD_DIR, CHECKPOINTS_DIR, ANALYSIS_DIR)
+# What comes after training: removed before a run resumes, so that nothing of an
+# earlier attempt's evaluation stands beside the model this one trains.
+PRODUCT_FILES = (MODEL_FILE, SCORES_FILE, STATS_FILE, RESULTS_FILE, RESULTS_MARKDOWN)
+PRODUCT_DIRS = (SAVED_MODEL_DIR,)
+# Everything a run writes (--overwrite removes all of it).
+OUTPUT_FILES = (FLAGS_FILE, CONFIG_FILE, METRICS_FILE, *PRODUCT_FILES)
+OUTPUT_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR, *PRODUCT_DIRS)
+# Prefixes of the staging files and folders of atomic writes (ice_tf.atomic_io,
+# ice_tf.export); a killed write leaves one behind, the next run removes it.
+STAGING_PREFIXES = (".tmp-", ".export-")
+# Config fields a resumed run may change: they do not enter training.
+RESUMABLE_FIELDS = ("dry_run",)
 
 DEMO_COMMAND = "python scripts/compare.py --flagfile=flags/demo.flags"
 """The command that creates the default run folders (runs/demo/<method>/seed1)."""
@@ -63,6 +85,188 @@ def path(folder, name):
 def is_finished(folder):
     """Whether `folder` holds a finished run (its results.json exists)."""
     return os.path.isfile(path(folder, RESULTS_FILE))
+
+
+# ------------------------------------------------------------ run contract
+class RunFolderError(RuntimeError):
+    """A run folder refuses the run; the message says why and how to proceed."""
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+class RunLock:
+    """Exclusive use of a run folder: run.lock holds the pid, host and start time.
+
+    A second process is refused at once, with the holder named. A lock left by a
+    process that is no longer running on this host is taken over with a warning; on
+    another host the lock cannot be checked: remove run.lock once that run is gone.
+
+    Example:
+      with RunLock("runs/ice"):
+          ...  # write the folder
+    """
+
+    STALE_EMPTY_SECONDS = 30  # a lock file still empty after this was left by a kill
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.path = path(folder, LOCK_FILE)
+        self._held = False
+
+    def _holder(self):
+        try:
+            with open(self.path) as stream:
+                text = stream.read()
+            return json.loads(text) if text.strip() else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _is_stale(self, holder):
+        if not holder:
+            with contextlib.suppress(OSError):
+                return time.time() - os.path.getmtime(self.path) > self.STALE_EMPTY_SECONDS
+            return True
+        return holder.get("host") == socket.gethostname() and not _process_alive(
+            int(holder.get("pid", -1)))
+
+    def acquire(self):
+        os.makedirs(self.folder, exist_ok=True)
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(2):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if not self._is_stale(holder):
+                    who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
+                           f"{holder.get('started')}") if holder else "another process"
+                    raise RunFolderError(
+                        f"{self.folder} is in use by {who}; wait for that run to end or stop it "
+                        f"(a lock of a stopped run on another host: remove {self.path})."
+                    ) from None
+                warnings.warn(f"{self.folder}: taking over the lock of a run that is no longer "
+                              f"running (pid {holder.get('pid', '?')}).", stacklevel=2)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                continue
+            with os.fdopen(handle, "w") as stream:
+                stream.write(json.dumps(record) + "\n")
+            self._held = True
+            return self
+        raise RunFolderError(f"{self.folder}: could not take {self.path}; another run took it.")
+
+    def release(self):
+        if self._held:
+            self._held = False
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def _remove(folder, files=(), dirs=()):
+    for name in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path(folder, name))
+    for name in dirs:
+        shutil.rmtree(path(folder, name), ignore_errors=True)
+
+
+def remove_staging(folder):
+    """Removes what killed atomic writes left in `folder` and its checkpoints/."""
+    for directory in (folder, path(folder, CHECKPOINTS_DIR)):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            if name.startswith(STAGING_PREFIXES):
+                target = os.path.join(directory, name)
+                if os.path.isdir(target):
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(target)
+
+
+def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
+    """'field: X there, Y here' for each config field that differs (dicts of config.json;
+    compared as JSON has them, so a tuple equals its list)."""
+    earlier, current = json.loads(json.dumps(earlier)), json.loads(json.dumps(current))
+    fields = sorted((set(earlier) | set(current)) - set(ignore))
+    return [f"{field}: {earlier.get(field)!r} there, {current.get(field)!r} here"
+            for field in fields if earlier.get(field) != current.get(field)]
+
+
+def read_config(folder):
+    """The dict in a folder's config.json, or None when it has none."""
+    config_path = path(folder, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        return None
+    with open(config_path) as stream:
+        return json.load(stream)
+
+
+def check_folder(folder, config_dict, overwrite=False):
+    """The run-folder contract's refusals, before anything is written (see
+    `prepare_for_training`); returns "finished", "unfinished" or "empty"."""
+    finished = is_finished(folder)
+    try:
+        earlier = read_config(folder)
+    except ValueError:
+        if not overwrite:
+            raise RunFolderError(f"{path(folder, CONFIG_FILE)} is not readable JSON; pass "
+                                 "--overwrite (overwrite=True) to start the run over.") from None
+        earlier = {}
+    if not overwrite:
+        if finished:
+            raise RunFolderError(
+                f"{folder} holds a finished run (results.json); pass --overwrite "
+                "(overwrite=True) to replace it, or choose another output_dir."
+            )
+        if earlier is not None:
+            differences = config_differences(earlier, config_dict)
+            if differences:
+                raise RunFolderError(
+                    f"{folder} holds a run of another config ({'; '.join(differences)}); pass "
+                    "--overwrite (overwrite=True) to replace it, or choose another output_dir."
+                )
+    if finished:
+        return "finished"
+    return "empty" if earlier is None else "unfinished"
+
+
+def prepare_for_training(folder, config_dict, overwrite=False):
+    """Applies the run-folder contract before a run writes `folder` (hold its `RunLock`).
+
+    - finished (results.json) or holding another config: refused with a
+      `RunFolderError` naming `--overwrite` (and the differing fields), unless
+      `overwrite`, which removes every earlier output first;
+    - the same config, unfinished: what came after training (model, SavedModel,
+      scores, statistics, results) is removed and checkpoints/, metrics and analyses
+      are kept for the run to resume from; staging files of killed writes go.
+
+    Returns:
+      "resume" when checkpoints/ holds a training state to continue, else "new".
+    """
+    state = check_folder(folder, config_dict, overwrite)
+    remove_staging(folder)
+    if overwrite or state != "unfinished":
+        _remove(folder, OUTPUT_FILES, OUTPUT_DIRS)
+        return "new"
+    _remove(folder, PRODUCT_FILES, PRODUCT_DIRS)
+    return "resume" if os.path.isfile(path(folder, LAST_STATE)) else "new"
 
 
 def method_run(runs_dir, label, seed):
@@ -114,11 +318,8 @@ def check_run_folders(folders, required_files, command=DEMO_COMMAND):
 
 def method_of(folder):
     """The `loss` in a run folder's config.json, or None when it has none."""
-    config_path = path(folder, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        return None
-    with open(config_path) as stream:
-        return json.load(stream).get("loss")
+    config = read_config(folder)
+    return None if config is None else config.get("loss")
 
 
 # ------------------------------------------------------------- scores file
@@ -157,9 +358,11 @@ def load_scores(folder):
 
 __all__ = [
     "FLAGS_FILE", "CONFIG_FILE", "METRICS_FILE", "ANALYSIS_DIR", "TENSORBOARD_DIR",
-    "CHECKPOINTS_DIR", "LAST_CHECKPOINT", "MODEL_FILE", "SAVED_MODEL_DIR", "SCORES_FILE",
-    "STATS_FILE", "RESULTS_FILE", "RESULTS_MARKDOWN", "STALE_FILES", "STALE_DIRS", "DEMO_COMMAND",
-    "path", "is_finished", "method_run", "parse_label_folder", "run_folders",
-    "check_run_folders", "method_of", "scores_key", "label_of_scores_key", "save_scores",
-    "load_scores",
+    "CHECKPOINTS_DIR", "LAST_CHECKPOINT", "LAST_STATE", "LOCK_FILE", "MODEL_FILE",
+    "SAVED_MODEL_DIR", "SCORES_FILE", "STATS_FILE", "RESULTS_FILE", "RESULTS_MARKDOWN",
+    "DEMO_COMMAND", "PRODUCT_FILES", "PRODUCT_DIRS", "OUTPUT_FILES", "OUTPUT_DIRS",
+    "STAGING_PREFIXES", "RESUMABLE_FIELDS", "RunFolderError", "RunLock", "remove_staging",
+    "config_differences", "read_config", "check_folder", "prepare_for_training", "path", "is_finished",
+    "method_run", "parse_label_folder", "run_folders", "check_run_folders", "method_of",
+    "scores_key", "label_of_scores_key", "save_scores", "load_scores",
 ]

@@ -12,8 +12,10 @@ methods that take them and are unset for the others (a note says which); a
 Every run goes to <output_dir>/<variant>/seed<k>/ (a normal run folder); the
 comparison (Table 1 style: mean over OOD sets and per set, with accuracy; mean ±
 std over seeds when several are given) is printed and written to
-<output_dir>/comparison.md and comparison.json. Runs whose results.json exists are
-reused, so an interrupted comparison resumes where it stopped (--rerun forces).
+<output_dir>/comparison.md and comparison.json. Finished runs of the same config are
+reused and unfinished ones resume from their last finished epoch, so a killed
+comparison continues where it stopped; a run folder of another config is refused
+before anything trains (--overwrite retrains every run from scratch).
 """
 
 import json
@@ -34,7 +36,8 @@ flags.DEFINE_list("seeds", ["1"], "Seeds; each variant runs once per seed.")
 flags.DEFINE_multi_string(
     "group", [], "name:label+label OOD-set groups for the summary (default: all sets together)."
 )
-flags.DEFINE_bool("rerun", False, "Retrain runs that already have results.json.")
+experiment_flags.define_run_flags()
+flags.DEFINE_bool("rerun", False, "The same as --overwrite (its earlier name).")
 flags.register_validator("seeds", lambda s: s and all(x.lstrip("-").isdigit() for x in s),
                          "--seeds must be a non-empty list of integers.")
 FLAGS = flags.FLAGS
@@ -62,6 +65,28 @@ def parse_groups(specs):
     return groups or None
 
 
+def plan_runs(configs, overwrite):
+    """(label, seed) -> "reuse" or "train" for each config, checked before anything
+    trains: a folder of another config (finished or not) is refused with a
+    `RunFolderError` naming the fields that differ, unless `overwrite`."""
+    plan = {}
+    for key, config in configs.items():
+        folder = config.output_dir
+        if run_folder.is_finished(folder) and not overwrite:
+            differences = run_folder.config_differences(
+                run_folder.read_config(folder) or {}, config.to_dict())
+            if differences:
+                raise run_folder.RunFolderError(
+                    f"{folder} holds a finished run of another config ({'; '.join(differences)}); "
+                    "pass --overwrite to retrain it, or choose another --output_dir.")
+            plan[key] = "reuse"
+        else:
+            run_folder.check_folder(folder, config.to_dict(), overwrite)
+            plan[key] = "train"
+    return plan
+
+
+@experiment_flags.one_line_errors
 def main(argv):
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     if len(argv) > 1:
@@ -90,22 +115,22 @@ def main(argv):
         for (label, seed), config in configs.items():
             print(f"{label} seed {seed}: dry run OK {experiment.dry_run(config)}")
         return
+    overwrite = FLAGS.overwrite or FLAGS.rerun
+    plan = plan_runs(configs, overwrite)
     results, diverged = {}, {}
     for index, ((label, seed), config) in enumerate(configs.items(), 1):
         done = run_folder.path(config.output_dir, run_folder.RESULTS_FILE)
         print(f"\n=== [{index}/{len(configs)}] {label}, seed {seed} -> {config.output_dir}")
-        if run_folder.is_finished(config.output_dir) and not FLAGS.rerun:
+        if plan[label, seed] == "reuse":
             print("    finished earlier; reusing its results.json")
             with open(done) as stream:
                 results.setdefault(label, []).append(json.load(stream))
             continue
-        os.makedirs(config.output_dir, exist_ok=True)
-        experiment.write_atomic(
-            os.path.join(config.output_dir, "flags.txt"), experiment_flags.to_flagfile(config)
-        )
         results.setdefault(label, [])
         try:
-            results[label].append(experiment.run(config))
+            results[label].append(experiment.run(
+                config, overwrite=overwrite,
+                files={run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config)}))
         except FloatingPointError as error:  # a diverged run is a result too
             print(f"    {label}, seed {seed}: {error}")
             diverged.setdefault(label, []).append(seed)

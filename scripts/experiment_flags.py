@@ -9,12 +9,15 @@ config's own message.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging as std_logging
+import os
+import sys
 import typing
 
 from absl import flags, logging
 
-from ice_tf import backbones, losses
+from ice_tf import backbones, losses, run_folder
 from ice_tf.config import ExperimentConfig
 
 _METHODS = ", ".join(losses.names())
@@ -50,6 +53,8 @@ HELP = {
     "batch_out": "Outlier batch size.",
     "augment": "Random crop (pad 4) + horizontal flip for in-distribution images and outliers.",
     "seed": "Random seed.",
+    "deterministic": "Op determinism: two runs of one command give the same numbers on one "
+                     "machine (slower; BUILD.md gives the cost).",
     "strategy": "auto (mirrored over several GPUs), default or mirrored.",
     "mixed_precision": "mixed_float16 policy (the heads stay float32).",
     "protocol": "Evaluation protocol: oe (ID test vs ID/5 OOD, 10 draws) or full.",
@@ -175,6 +180,37 @@ def parse_overrides(text):
         else:
             overrides[key] = kind(raw)
     return overrides
+
+
+def define_run_flags(flag_values=flags.FLAGS):
+    """The flags of a training script that are not config fields."""
+    flags.DEFINE_bool(
+        "overwrite", False,
+        "Replace a finished run, or one of another config, in --output_dir (every earlier "
+        "output is removed first). Without it such a folder is refused; an unfinished run "
+        "of the same config resumes.", flag_values=flag_values)
+
+
+# What a user can fix: printed as one line, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, run_folder.RunFolderError)
+
+
+def one_line_errors(main):
+    """Wraps a script's `main`: a user error (`USER_ERRORS`) prints `error: <message>` on
+    one line and exits with status 1; ICE_TF_TRACEBACK=1 shows the traceback instead."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            if os.environ.get("ICE_TF_TRACEBACK"):
+                raise
+            text = str(error).strip() or type(error).__name__
+            sys.stderr.write(f"error: {text.splitlines()[0]}\n")
+            sys.exit(1)
+
+    return wrapped
 
 
 def quiet_tensorflow_logging(flag_values=flags.FLAGS):

@@ -6,7 +6,9 @@
 
 The run folder gets flags.txt (re-runnable), config.json, metrics.jsonl,
 tensorboard/, checkpoints/, model.keras, saved_model/, results.json and
-results.md (see ice_tf.experiment).
+results.md (see ice_tf.run_folder). The same command after a kill resumes from the
+last finished epoch; a finished folder, or one of another config, is refused
+unless --overwrite; a folder another process is writing is refused at once.
 """
 
 import os
@@ -16,12 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 import experiment_flags  # noqa: E402
-from ice_tf import evaluation, experiment  # noqa: E402
+from ice_tf import evaluation, experiment, run_folder  # noqa: E402
 
 experiment_flags.define_flags()
+experiment_flags.define_run_flags()
 FLAGS = flags.FLAGS
 
 
+@experiment_flags.one_line_errors
 def main(argv):
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     if len(argv) > 1:
@@ -31,11 +35,8 @@ def main(argv):
         logs = experiment.dry_run(config)
         print("dry run OK: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
         return
-    os.makedirs(config.output_dir, exist_ok=True)
-    experiment.write_atomic(
-        os.path.join(config.output_dir, "flags.txt"), experiment_flags.to_flagfile(config)
-    )
-    results = experiment.run(config)
+    results = experiment.run(config, overwrite=FLAGS.overwrite,
+                             files={run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config)})
     print()
     print(evaluation.results_markdown(results, title=f"{config.loss} on {config.in_dataset}"))
     print(f"Run folder: {config.output_dir}")

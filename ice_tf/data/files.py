@@ -62,6 +62,49 @@ def list_images(folder):
     return sorted(found)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+_TAIL_BYTES = 2048  # where a complete JPEG's end-of-image marker must lie
+
+
+def _image_file_problem(file_path):
+    """Why `file_path` is not a complete image of the type its contents claim, or None.
+
+    Reads the first and last bytes only: a truncated PNG lacks its IEND chunk, a
+    truncated JPEG its end-of-image marker, a truncated BMP the size its header gives.
+    """
+    try:
+        size = os.path.getsize(file_path)
+        with open(file_path, "rb") as stream:
+            head = stream.read(16)
+            stream.seek(max(0, size - _TAIL_BYTES))
+            tail = stream.read()
+    except OSError as error:
+        return f"{file_path} cannot be read ({error.strerror})"
+    if size == 0:
+        return f"{file_path} is empty"
+    if head.startswith(_PNG_SIGNATURE):
+        return None if _PNG_END in tail[-12:] else f"{file_path} is a truncated PNG (no IEND chunk)"
+    if head.startswith(b"\xff\xd8"):
+        return None if b"\xff\xd9" in tail else f"{file_path} is a truncated JPEG (no end marker)"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return None if tail.rstrip(b"\x00").endswith(b"\x3b") else f"{file_path} is a truncated GIF"
+    if head.startswith(b"BM"):
+        declared = int.from_bytes(head[2:6], "little")
+        return None if size >= declared else f"{file_path} is a truncated BMP ({size} of {declared} bytes)"
+    return f"{file_path} is not a PNG, JPEG, GIF or BMP image (by its contents)"
+
+
+def check_image_files(folder):
+    """Problems of the image files under `folder` (see `list_images`), one string each
+    naming the file and what is wrong with it; [] when every file looks complete.
+
+    Example:
+      check_image_files("/data/iSUN")  # ['/data/iSUN/x.jpg is a truncated JPEG (no end marker)']
+    """
+    return [problem for problem in map(_image_file_problem, list_images(folder)) if problem]
+
+
 class ImageFolderSource:
     """Every image under a folder (png, jpg, bmp, gif), decoded as RGB, label -1.
 
@@ -88,8 +131,8 @@ class ImageFolderSource:
 
         fixed = tf.data.Dataset.from_tensor_slices(indices).map(read, num_parallel_calls=AUTOTUNE)
 
-        def stream(seed):
-            return permutation_stream(indices, seed).map(read, num_parallel_calls=AUTOTUNE)
+        def stream(seed, start):
+            return permutation_stream(indices, seed, start).map(read, num_parallel_calls=AUTOTUNE)
 
         return Examples(fixed=fixed, num_examples=len(indices), stream_fn=stream)
 
@@ -195,8 +238,9 @@ def _sampled_examples(records, excluded):
     fixed = (tf.data.Dataset.range(num_rows).batch(READ_BATCH)
              .map(read, num_parallel_calls=AUTOTUNE).unbatch())
 
-    def stream(seed):
-        draws = tf.data.Dataset.random(seed=seed).map(lambda r: tf.math.floormod(r, num_rows))
+    def stream(seed, start):
+        draws = tf.data.Dataset.random(seed=seed).skip(start).map(
+            lambda r: tf.math.floormod(r, num_rows))
         return draws.batch(READ_BATCH).map(read, num_parallel_calls=AUTOTUNE).unbatch()
 
     return Examples(fixed=fixed, num_examples=num_rows - len(excluded), stream_fn=stream)

@@ -208,7 +208,8 @@ def _derived_seed(seed, stream):
     return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
-def _training_stream(examples, *, image_shape, mean, std, seed, stream, augment_images, flip):
+def _training_stream(examples, *, image_shape, mean, std, seed, stream, augment_images, flip,
+                     start=0):
     shuffle_seed = _derived_seed(seed, 2 * stream)
     augment_seed = tf.constant(_derived_seed(seed, 2 * stream + 1), tf.int64)
 
@@ -219,8 +220,10 @@ def _training_stream(examples, *, image_shape, mean, std, seed, stream, augment_
             image = augment(image, tf.stack([augment_seed, index]), flip=flip)
         return (image - mean) / std, label
 
-    # enumerate after repeat: every pass gets fresh (but reproducible) augmentations.
-    return examples.stream(shuffle_seed).enumerate().map(to_input, num_parallel_calls=AUTOTUNE)
+    # enumerate after repeat: every pass gets fresh (but reproducible) augmentations, and a
+    # stream started at `start` continues both the order and the augmentations.
+    return examples.stream(shuffle_seed, start).enumerate(start=start).map(
+        to_input, num_parallel_calls=AUTOTUNE)
 
 
 def _image_only(image, label):
@@ -231,7 +234,7 @@ def _image_only(image, label):
 def make_train_dataset(in_name, outlier_name=None, *, image_shape, batch_in=128, batch_out=256,
                        seed=0, augment=True, data_dir=None, outlier_path=None,
                        outlier_exclude_index_path=None, download=False, in_split="train",
-                       limit=None, outlier_split="train", outlier_limit=None):
+                       limit=None, outlier_split="train", outlier_limit=None, start_step=0):
     """Training batches and the number of steps in one epoch.
 
     Yields `((x, y), x_out)` when `outlier_name` is given, else `(x, y)`: x and x_out float32
@@ -252,6 +255,8 @@ def make_train_dataset(in_name, outlier_name=None, *, image_shape, batch_in=128,
       outlier_path, outlier_exclude_index_path: `path` / `exclude_index_path` of the outliers.
       in_split, outlier_split: the splits read.
       limit, outlier_limit: seeded subsample sizes (see `load`).
+      start_step: batches already trained on: the dataset starts with batch `start_step` of
+        the full stream, so that a resumed run sees what an uninterrupted one would.
 
     Example:
       >>> ds, steps = make_train_dataset("cifar10", "tiny_images", image_shape=(32, 32, 3),
@@ -276,7 +281,10 @@ def make_train_dataset(in_name, outlier_name=None, *, image_shape, batch_in=128,
             f"{in_name!r} split {in_split!r} has {in_examples.num_examples} examples, fewer "
             f"than one batch of {batch_in}."
         )
-    in_batches = _training_stream(in_examples, stream=0, flip=info.flip, **common).batch(
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    in_batches = _training_stream(in_examples, stream=0, flip=info.flip,
+                                  start=start_step * batch_in, **common).batch(
         batch_in, drop_remainder=True)
     if outlier_name is None:
         return in_batches.prefetch(AUTOTUNE), steps_per_epoch
@@ -287,7 +295,8 @@ def make_train_dataset(in_name, outlier_name=None, *, image_shape, batch_in=128,
                          exclude_index_path=outlier_exclude_index_path, image_shape=image_shape)
     if out_examples.num_examples == 0:
         raise ValueError(f"The outlier set {outlier_name!r} is empty.")
-    out_batches = (_training_stream(out_examples, stream=1, flip=out_info.flip, **common)
+    out_batches = (_training_stream(out_examples, stream=1, flip=out_info.flip,
+                                    start=start_step * batch_out, **common)
                    .map(_image_only)
                    .batch(batch_out, drop_remainder=True))
     return tf.data.Dataset.zip((in_batches, out_batches)).prefetch(AUTOTUNE), steps_per_epoch

@@ -3,7 +3,8 @@
 A source opens one split of one dataset and returns `Examples`:
 - `fixed`: a `tf.data.Dataset` of `(image uint8 (H, W, C), label int64)` in a fixed order;
 - `num_examples`: how many examples `fixed` yields (None where it cannot be known cheaply);
-- `stream(seed)`: the same examples as an infinite dataset, reshuffled on every pass.
+- `stream(seed, start)`: the same examples as an infinite dataset, reshuffled on every pass,
+  from its `start`-th element (a resumed run continues the stream where it stopped).
 
 Array-backed sets (`.npy` files, Tiny Images, the embedded benchmark, synthetic noise) read
 rows by index, so training shuffles indices, never decoded images: a fresh permutation of the
@@ -45,11 +46,15 @@ class Examples:
 
     fixed: tf.data.Dataset
     num_examples: int | None
-    stream_fn: Callable[[int], tf.data.Dataset]
+    stream_fn: Callable[[int, int], tf.data.Dataset]
 
-    def stream(self, seed):
-        """Infinite `(image, label)` dataset, reshuffled on every pass, determined by `seed`."""
-        return self.stream_fn(int(seed))
+    def stream(self, seed, start=0):
+        """Infinite `(image, label)` dataset, reshuffled on every pass, determined by `seed`,
+        from its element `start` on: `stream(s, n)` is `stream(s).skip(n)`, and array-backed
+        sets skip indices, not decoded images."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}.")
+        return self.stream_fn(int(seed), int(start))
 
 
 def subsample_indices(num_rows, limit, seed):
@@ -113,19 +118,22 @@ def rows_from_indices(index_dataset, gather_images, gather_labels):
     return index_dataset.batch(READ_BATCH).map(read, num_parallel_calls=AUTOTUNE).unbatch()
 
 
-def permutation_stream(indices, seed):
-    """Infinite dataset of the given indices: a new seeded permutation on every pass.
+def permutation_stream(indices, seed, start=0):
+    """Infinite dataset of the given indices: a new seeded permutation on every pass,
+    from element `start` on (whole passes are skipped without being drawn).
 
     The same effect as `.shuffle(len(indices), reshuffle_each_iteration=True).repeat()`,
     with no shuffle buffer to fill at the start of each pass.
     """
+    count = len(indices)
     indices = tf.constant(np.asarray(indices, dtype=np.int64))
     seed = tf.constant(seed, tf.int64)
 
     def permute(epoch):
         return tf.random.experimental.stateless_shuffle(indices, seed=tf.stack([seed, epoch]))
 
-    return tf.data.Dataset.counter().map(permute).unbatch()
+    passes, within = divmod(int(start), max(count, 1))
+    return tf.data.Dataset.counter(start=passes).map(permute).unbatch().skip(within)
 
 
 def from_arrays(images, labels=None, *, indices=None, reader=None, image_shape=None):
@@ -147,10 +155,11 @@ def from_arrays(images, labels=None, *, indices=None, reader=None, image_shape=N
         tf.data.Dataset.from_tensor_slices(indices), gather_images, gather_labels
     )
 
-    def stream(seed):
+    def stream(seed, start):
         if len(indices) == 0:
             raise ValueError("Cannot stream an empty set of examples.")
-        return rows_from_indices(permutation_stream(indices, seed), gather_images, gather_labels)
+        return rows_from_indices(permutation_stream(indices, seed, start), gather_images,
+                                 gather_labels)
 
     return Examples(fixed=fixed, num_examples=int(len(indices)), stream_fn=stream)
 

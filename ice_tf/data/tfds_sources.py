@@ -114,7 +114,7 @@ class TfdsSource:
                                                 num_parallel_calls=AUTOTUNE)
             num_examples = limit
 
-        def stream(seed):
+        def stream(seed, start):
             if limit is None:
                 encoded = self._load(split, options, dataset_name=dataset_name, encoded=True,
                                      shuffle_files=True, shuffle_seed=seed, reshuffle_files=True)
@@ -123,7 +123,8 @@ class TfdsSource:
                 encoded = subsample(options.seed)
                 buffer = max(1, limit)
             encoded = encoded.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-            return encoded.map(lambda example: self._pair(example, decode=True),
+            # Skipped before decoding; the shuffle buffer still replays the skipped records.
+            return encoded.skip(start).map(lambda example: self._pair(example, decode=True),
                                num_parallel_calls=AUTOTUNE)
 
         return Examples(fixed=fixed, num_examples=num_examples, stream_fn=stream)

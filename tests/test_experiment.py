@@ -118,6 +118,13 @@ def test_train_evaluate_export_scripts(tmp_path):
     assert set(evaluation) == {"energy", "msp"} and "Score `msp`" in output
     _script("export.py", f"--model={run_dir / 'model.keras'}", f"--output={tmp_path / 'served'}")
     assert (tmp_path / "served" / "saved_model.pb").exists()
+    # The same command into the finished folder: refused in one line that names the fix.
+    again = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), *tiny_flags],
+                           capture_output=True, text=True, cwd=REPO, timeout=300,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "finished run (results.json); pass --overwrite" in errors[0]
 
 
 @pytest.mark.parametrize("loss", ["ce", "oe", "energy", "bce", "ice", "ice_minus"])

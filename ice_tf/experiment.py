@@ -236,6 +236,32 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
     return results
 
 
+def plan_runs(configs, overwrite=False):
+    """{key: "reuse" or "train"} for several runs (scripts/compare.py), checked before
+    anything trains: a finished run of the same config is reused; a folder of another
+    config, finished or not, is refused with a `RunFolderError` naming the fields that
+    differ, unless `overwrite`.
+
+    Example:
+      plan_runs({("ice", 1): config})  # {("ice", 1): "train"}
+    """
+    plan = {}
+    for key, config in configs.items():
+        folder = config.output_dir
+        if folder_lib.is_finished(folder) and not overwrite:
+            differences = folder_lib.config_differences(
+                folder_lib.read_config(folder) or {}, config.to_dict())
+            if differences:
+                raise folder_lib.RunFolderError(
+                    f"{folder} holds a finished run of another config ({'; '.join(differences)}); "
+                    "pass --overwrite to retrain it, or choose another --output_dir.")
+            plan[key] = "reuse"
+        else:
+            folder_lib.check_folder(folder, config.to_dict(), overwrite)
+            plan[key] = "train"
+    return plan
+
+
 def _evaluate_and_export(config, model, out, verbose):
     save_model(model, folder_lib.path(out, folder_lib.MODEL_FILE))
     in_ds, ood_ds = make_eval_data(config)
@@ -265,6 +291,6 @@ def _total_train_seconds(out, this_process_seconds):
 
 
 __all__ = [
-    "run", "dry_run", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
+    "run", "dry_run", "plan_runs", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
     "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
 ]

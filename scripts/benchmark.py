@@ -82,6 +82,8 @@ flags.DEFINE_bool("ce_uses_outliers", False,
                   "Feed `ce` batch_in + batch_out in-distribution images per step, the compute "
                   "of the outlier methods, instead of batch_in images.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_bool("deterministic", False, "Time the steps under op determinism (--deterministic "
+                  "of the training scripts).")
 flags.DEFINE_integer("seed", 0, "Random seed for weights and data.")
 flags.DEFINE_string("json_out", None, "Optional path of a JSON file with the raw results.")
 
@@ -265,7 +267,8 @@ def format_report(results, machine, config):
         f"Setup: backbone {config['backbone']}, images {config['image_size']}x{config['image_size']}x"
         f"{config['channels']}, K = {config['num_classes']}, batch_in {config['batch_in']} + batch_out "
         f"{config['batch_out']}, ce uses outliers: {config['ce_uses_outliers']}; "
-        f"{config['warmup']} warm-up + {config['steps']} timed steps per method, interleaved",
+        f"{config['warmup']} warm-up + {config['steps']} timed steps per method, interleaved; "
+        f"op determinism: {'on' if config.get('deterministic') else 'off'}",
         "",
         "| method | head | images/step | median s/step | min–max s | images/s | × ce | × oe | × oe (paired) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -303,6 +306,7 @@ def _config_from_flags():
         "warmup": FLAGS.warmup,
         "ce_uses_outliers": FLAGS.ce_uses_outliers,
         "jit_compile": FLAGS.jit_compile,
+        "deterministic": FLAGS.deterministic,
         "seed": FLAGS.seed,
     }
 
@@ -321,6 +325,10 @@ def main(argv):
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    if config["deterministic"]:
+        from ice_tf import experiment
+
+        experiment.enable_determinism()
     machine = machine_info()
     results = run_benchmark(config, log=log)
     print(format_report(results, machine, config), flush=True)

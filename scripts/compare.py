@@ -65,27 +65,6 @@ def parse_groups(specs):
     return groups or None
 
 
-def plan_runs(configs, overwrite):
-    """(label, seed) -> "reuse" or "train" for each config, checked before anything
-    trains: a folder of another config (finished or not) is refused with a
-    `RunFolderError` naming the fields that differ, unless `overwrite`."""
-    plan = {}
-    for key, config in configs.items():
-        folder = config.output_dir
-        if run_folder.is_finished(folder) and not overwrite:
-            differences = run_folder.config_differences(
-                run_folder.read_config(folder) or {}, config.to_dict())
-            if differences:
-                raise run_folder.RunFolderError(
-                    f"{folder} holds a finished run of another config ({'; '.join(differences)}); "
-                    "pass --overwrite to retrain it, or choose another --output_dir.")
-            plan[key] = "reuse"
-        else:
-            run_folder.check_folder(folder, config.to_dict(), overwrite)
-            plan[key] = "train"
-    return plan
-
-
 @experiment_flags.one_line_errors
 def main(argv):
     experiment_flags.quiet_tensorflow_logging(FLAGS)
@@ -116,7 +95,7 @@ def main(argv):
             print(f"{label} seed {seed}: dry run OK {experiment.dry_run(config)}")
         return
     overwrite = FLAGS.overwrite or FLAGS.rerun
-    plan = plan_runs(configs, overwrite)
+    plan = experiment.plan_runs(configs, overwrite)
     results, diverged = {}, {}
     for index, ((label, seed), config) in enumerate(configs.items(), 1):
         done = run_folder.path(config.output_dir, run_folder.RESULTS_FILE)

@@ -47,10 +47,10 @@ def _run_runner(*args):
 # ------------------------------------------------------------ kill and resume
 def test_a_run_killed_in_epoch_2_resumes_to_the_uninterrupted_result(tmp_path):
     """kill -9 at epoch 2, step 3 of 3 epochs; the same command again resumes. Under
-    --deterministic the resumed run ends with the weights, metrics.jsonl and results of
-    an uninterrupted run and of a second uninterrupted run (the same command twice)."""
-    whole, again, killed = (str(tmp_path / name) for name in ("whole", "again", "killed"))
-    first = _run_runner(whole, again, killed, "--kill-at=2:3")
+    --deterministic the killed and resumed run (the same command, run twice, in two
+    processes) ends with the weights, metrics.jsonl and results of an uninterrupted run."""
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    first = _run_runner(whole, killed, "--kill-at=2:3")
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     assert not run_folder.is_finished(killed)
     assert [r["epoch"] for r in _records(os.path.join(killed, "metrics.jsonl"))] == [1]
@@ -62,17 +62,15 @@ def test_a_run_killed_in_epoch_2_resumes_to_the_uninterrupted_result(tmp_path):
 
     expected = _records(os.path.join(whole, "metrics.jsonl"))
     assert [r["epoch"] for r in expected] == [1, 2, 3]
-    for folder in (again, killed):
-        assert _records(os.path.join(folder, "metrics.jsonl")) == expected, folder
-        assert (_without_timing(json.load(open(os.path.join(folder, "results.json"))))
-                == _without_timing(json.load(open(os.path.join(whole, "results.json")))))
-        confidence = os.path.join(folder, "analysis", "confidence.jsonl")
-        assert [r["epoch"] for r in _records(confidence)] == [0, 1, 2, 3]
-    weights = {folder: keras.models.load_model(os.path.join(folder, "model.keras"),
-                                               compile=False).get_weights()
-               for folder in (whole, again, killed)}
-    for folder in (again, killed):
-        assert all(np.array_equal(a, b) for a, b in zip(weights[whole], weights[folder]))
+    assert _records(os.path.join(killed, "metrics.jsonl")) == expected
+    assert (_without_timing(json.load(open(os.path.join(killed, "results.json"))))
+            == _without_timing(json.load(open(os.path.join(whole, "results.json")))))
+    confidence = [os.path.join(folder, "analysis", "confidence.jsonl") for folder in (whole, killed)]
+    assert [r["epoch"] for r in _records(confidence[1])] == [0, 1, 2, 3]
+    assert _records(confidence[0]) == _records(confidence[1])
+    weights = [keras.models.load_model(os.path.join(folder, "model.keras"),
+                                       compile=False).get_weights() for folder in (whole, killed)]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
     assert not os.path.exists(os.path.join(killed, run_folder.LOCK_FILE))
     assert sorted(os.listdir(os.path.join(killed, "checkpoints"))) == [
         "epoch-0003.weights.h5", "last.json"]
@@ -201,24 +199,16 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path):
 
 
 def test_compare_plans_reuse_resume_and_refusal_before_training(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    try:
-        from absl import flags
-
-        flags.FLAGS.unparse_flags()
-        import compare
-    finally:
-        sys.path.pop(0)
     done = ExperimentConfig(output_dir=str(tmp_path / "ice" / "seed1"), **TINY)
     unfinished = done.replace(output_dir=str(tmp_path / "oe" / "seed1"), loss="oe")
     _fake_finished(done.output_dir, done)
     os.makedirs(unfinished.output_dir)
     atomic_io.write_atomic(os.path.join(unfinished.output_dir, "config.json"), unfinished.to_json())
-    plan = compare.plan_runs({("ice", 1): done, ("oe", 1): unfinished}, overwrite=False)
+    plan = experiment.plan_runs({("ice", 1): done, ("oe", 1): unfinished}, overwrite=False)
     assert plan == {("ice", 1): "reuse", ("oe", 1): "train"}
     with pytest.raises(run_folder.RunFolderError, match="epochs: 1 there, 2 here"):
-        compare.plan_runs({("ice", 1): done.replace(epochs=2)}, overwrite=False)
-    assert compare.plan_runs({("ice", 1): done.replace(epochs=2)}, overwrite=True) == {
+        experiment.plan_runs({("ice", 1): done.replace(epochs=2)}, overwrite=False)
+    assert experiment.plan_runs({("ice", 1): done.replace(epochs=2)}, overwrite=True) == {
         ("ice", 1): "train"}
 
 

@@ -95,6 +95,7 @@ class JsonLinesLogger(keras.callbacks.Callback):
         super().__init__()
         self.path = path
         self.start_epoch = int(start_epoch)
+        self.resumed_at_step = 0  # set for an epoch resumed part-way (its line says so)
         self._start = None
 
     def on_train_begin(self, logs=None):
@@ -105,6 +106,10 @@ class JsonLinesLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2)}
         record.update({key: float(value) for key, value in (logs or {}).items()})
+        if self.resumed_at_step:
+            # The means cover the steps after the resume only.
+            record["resumed_at_step"] = self.resumed_at_step
+            self.resumed_at_step = 0
         optimizer = self.model.optimizer
         record["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         record = {key: value if not isinstance(value, float) or math.isfinite(value) else None
@@ -126,35 +131,60 @@ def _all_finite(model):
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
-    """Saves the training state after every epoch so that a stopped run resumes.
+    """Saves the training state after every epoch (and, with `every_steps`, every that
+    many steps within one) so that a stopped run resumes.
 
-    Writes checkpoints/epoch-NNNN.weights.h5 (weights and optimizer state, whose
-    iteration count places the learning-rate schedule), then checkpoints/last.json
-    naming it (epoch, steps, the random generators' states), each atomically, then
-    removes the previous weights file: at every instant last.json names a complete,
-    matching state. Weights that are not finite are never saved: the checkpoint kept
-    is the last finite one. `restore_training_state` loads it.
+    Writes checkpoints/epoch-NNNN[-step-NNNNNN].weights.h5 (weights and optimizer state,
+    whose iteration count places the learning-rate schedule), then checkpoints/last.json
+    naming it (finished epochs, steps into the next, the random generators' states),
+    each atomically, then removes the previous weights file: at every instant
+    last.json names a complete, matching state. Weights that are not finite are never
+    saved: the checkpoint kept is the last finite one. `restore_training_state` loads it.
+
+    Args:
+      folder: the run folder.
+      every_steps: also save every this many steps of an epoch (long epochs).
+      step_offset: steps of the current epoch done before this `fit` (a resumed epoch).
 
     Example:
       model.fit(ds, epochs=10, steps_per_epoch=50, callbacks=[TrainingCheckpoint("runs/a")])
       # killed? then, on a freshly built and compiled model:
-      start = restore_training_state(model, "runs/a")  # the epoch to continue from
+      epoch, step = restore_training_state(model, "runs/a")  # where to continue
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, every_steps=None, step_offset=0):
         super().__init__()
         self.folder = folder
+        self.every_steps = int(every_steps) if every_steps else None
+        self.step_offset = int(step_offset)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.step_offset + batch + 1
+        if self.every_steps and step % self.every_steps == 0 and step < self._steps_per_epoch():
+            self._save(self._epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
+        self.step_offset = 0
+        self._save(epoch + 1, 0)
+
+    def _steps_per_epoch(self):
+        return self.step_offset + (self.params.get("steps") or 0)
+
+    def _save(self, epoch, step):
         if not _all_finite(self.model):
             return
         directory = folder_lib.path(self.folder, folder_lib.CHECKPOINTS_DIR)
-        weights_name = f"epoch-{epoch + 1:04d}.weights.h5"
+        weights_name = f"epoch-{epoch:04d}{f'-step-{step:06d}' if step else ''}.weights.h5"
         atomic_io.save_weights(self.model, os.path.join(directory, weights_name))
         state_path = folder_lib.path(self.folder, folder_lib.LAST_STATE)
         previous = _read_state(state_path)
         state = {
-            "epoch": epoch + 1,
+            "epoch": epoch,
+            "step": step,
             "weights": weights_name,
             "iterations": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
             "random_state": [keras.ops.convert_to_numpy(v).tolist()
@@ -176,13 +206,13 @@ def _read_state(state_path):
 
 def restore_training_state(model, folder):
     """Loads the state `TrainingCheckpoint` saved in `folder` into a built, compiled
-    model; returns the number of epochs it had finished (0 when there is none).
+    model; returns (finished epochs, steps into the next epoch), (0, 0) when there is none.
 
     Raises ValueError when the state does not fit the model (another architecture).
     """
     state = _read_state(folder_lib.path(folder, folder_lib.LAST_STATE))
     if not state:
-        return 0
+        return 0, 0
     weights_path = folder_lib.path(folder, os.path.join(folder_lib.CHECKPOINTS_DIR, state["weights"]))
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
@@ -197,7 +227,7 @@ def restore_training_state(model, folder):
     if len(generators) == len(state.get("random_state", [])):
         for variable, value in zip(generators, state["random_state"]):
             variable.assign(np.asarray(value, dtype=variable.dtype))
-    return int(state["epoch"])
+    return int(state["epoch"]), int(state.get("step", 0))
 
 
 class ProbeCallback(keras.callbacks.Callback):
@@ -213,10 +243,11 @@ class ProbeCallback(keras.callbacks.Callback):
       measure_before_training: also record epoch 0, before the first update.
       start_epoch: a resumed run's first epoch: the file keeps its records up to it (and
         `history` is read back from them); later ones, written before the stop, go.
+      resumed: the run resumes (also within its first epoch, where start_epoch is 0).
     """
 
     def __init__(self, path=None, batch_size=DEFAULT_PROBE_BATCH, measure_before_training=True,
-                 start_epoch=0):
+                 start_epoch=0, resumed=False):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -224,6 +255,7 @@ class ProbeCallback(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.measure_before_training = measure_before_training
         self.start_epoch = int(start_epoch)
+        self.resumed = bool(resumed or start_epoch)
         self.history = []
         self._file_started = False
 
@@ -234,11 +266,11 @@ class ProbeCallback(keras.callbacks.Callback):
         if self.path and not self._file_started:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             # A new run's records never follow an old run's; a resumed run keeps its own.
-            self.history = keep_records(self.path, self.start_epoch) if self.start_epoch else []
-            if not self.start_epoch:
+            self.history = keep_records(self.path, self.start_epoch) if self.resumed else []
+            if not self.resumed:
                 open(self.path, "w").close()
             self._file_started = True
-        if self.measure_before_training and not self.history and not self.start_epoch:
+        if self.measure_before_training and not self.history and not self.resumed:
             self._record(0, None)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -425,7 +457,7 @@ def _images_of(dataset):
     return np.concatenate([images.numpy() for images, _ in dataset])
 
 
-def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0):
+def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0, resumed=False):
     """The callbacks `config.analyses` asks for, on probe sets built once.
 
     Args:
@@ -433,7 +465,7 @@ def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0):
       directory: the run folder; records go to <directory>/analysis/<name>.jsonl
         (None: kept in memory only, as in a dry run).
       probe_size: images per probe set; default `config.analysis_probe_size`.
-      start_epoch: the first epoch of a resumed run (see `ProbeCallback`).
+      start_epoch, resumed: the first epoch of a resumed run (see `ProbeCallback`).
     """
     if not config.analyses:
         return []
@@ -447,14 +479,14 @@ def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0):
         if name == "gradient_meter":
             made.append(
                 ContradictoryGradientMeter(*probes["train"], probes["outliers"], path(name),
-                                           start_epoch=start_epoch)
+                                           start_epoch=start_epoch, resumed=resumed)
             )
         elif name == "shift":
             made.append(DistributionShiftTracker(*probes["train"], probes["outliers"], path(name),
-                                                 start_epoch=start_epoch))
+                                                 start_epoch=start_epoch, resumed=resumed))
         elif name == "confidence":
             made.append(ConfidenceHistory(probes["eval"], probes["ood"], path(name),
-                                          start_epoch=start_epoch))
+                                          start_epoch=start_epoch, resumed=resumed))
         else:
             raise ValueError(
                 f"Unknown analysis {name!r}; valid analyses: {', '.join(analysis.ANALYSES)}."

@@ -88,6 +88,7 @@ class ExperimentConfig:
     augment: bool = True
     seed: int = 1
     deterministic: bool = False  # op determinism: the same command, the same numbers
+    checkpoint_steps: Optional[int] = None  # also save the training state every N steps
     # Hardware.
     strategy: str = "auto"
     mixed_precision: bool = False
@@ -200,7 +201,7 @@ class ExperimentConfig:
                       "analysis_probe_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}.")
-        for field in ("limit_train", "eval_limit"):
+        for field in ("limit_train", "eval_limit", "checkpoint_steps"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1 when set, got {getattr(self, field)}.")
         for field in ("learning_rate", "min_learning_rate", "momentum", "weight_decay"):

@@ -120,29 +120,44 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
             weight_decay=config.weight_decay,
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
-        start_epoch = callbacks_lib.restore_training_state(model, out) if resume else 0
-        if config.schedule == "finetune" and not dry and not start_epoch:
+        start_epoch, start_step = (callbacks_lib.restore_training_state(model, out) if resume
+                                    else (0, 0))
+        if config.schedule == "finetune" and not dry and not (start_epoch or start_step):
             initialize_from_checkpoint(
                 model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
             )
-    if start_epoch:
+    if start_epoch or start_step:
         # The stream continues where the uninterrupted run would be.
         train_ds, _ = make_train_data(config, batch_in, batch_out,
-                                      start_step=start_epoch * steps_per_epoch)
+                                      start_step=start_epoch * steps_per_epoch + start_step)
         if verbose:
-            print(f"Resuming {out} after epoch {start_epoch} of {epochs}")
+            within = f", step {start_step}" if start_step else ""
+            print(f"Resuming {out} after epoch {start_epoch}{within} of {epochs}")
     # Analyses first: they add their scalars to the logs the loggers below write.
     callbacks = callbacks_lib.analysis_callbacks(
-        config, directory=out, probe_size=8 if dry else None, start_epoch=start_epoch)
+        config, directory=out, probe_size=8 if dry else None, start_epoch=start_epoch,
+        resumed=bool(start_epoch or start_step))
+    logger = checkpoint = None
     if not dry:
+        logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch)
+        checkpoint = callbacks_lib.TrainingCheckpoint(out, config.checkpoint_steps, start_step)
         callbacks += [
-            JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch),
+            logger,
             keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
                                         update_freq="epoch"),
-            callbacks_lib.TrainingCheckpoint(out),
+            checkpoint,
         ]
     callbacks += list(extra_callbacks)
     started = time.time()
+    if start_step:
+        # First the rest of the epoch the run stopped in, then the epochs after it.
+        logger.resumed_at_step = start_step
+        model.fit(train_ds, epochs=start_epoch + 1, steps_per_epoch=steps_per_epoch - start_step,
+                  initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
+        start_epoch += 1
+        logger.start_epoch = start_epoch
+        train_ds, _ = make_train_data(config, batch_in, batch_out,
+                                      start_step=start_epoch * steps_per_epoch)
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
     if not np.all(np.isfinite(history.history.get("loss", []))):

@@ -71,7 +71,7 @@ OUTPUT_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR, *PRODUCT_DIRS)
 # ice_tf.export); a killed write leaves one behind, the next run removes it.
 STAGING_PREFIXES = (".tmp-", ".export-")
 # Config fields a resumed run may change: they do not enter training.
-RESUMABLE_FIELDS = ("dry_run",)
+RESUMABLE_FIELDS = ("dry_run", "checkpoint_steps")
 
 DEMO_COMMAND = "python scripts/compare.py --flagfile=flags/demo.flags"
 """The command that creates the default run folders (runs/demo/<method>/seed1)."""

@@ -55,6 +55,8 @@ HELP = {
     "seed": "Random seed.",
     "deterministic": "Op determinism: two runs of one command give the same numbers on one "
                      "machine (slower; BUILD.md gives the cost).",
+    "checkpoint_steps": "Also save the training state every this many steps within an epoch "
+                        "(long epochs); unset = after every epoch only.",
     "strategy": "auto (mirrored over several GPUs), default or mirrored.",
     "mixed_precision": "mixed_float16 policy (the heads stay float32).",
     "protocol": "Evaluation protocol: oe (ID test vs ID/5 OOD, 10 draws) or full.",

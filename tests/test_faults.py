@@ -76,6 +76,42 @@ def test_a_run_killed_in_epoch_2_resumes_to_the_uninterrupted_result(tmp_path):
         "epoch-0003.weights.h5", "last.json"]
 
 
+class _CrashAt(keras.callbacks.Callback):
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.at, self._epoch = (epoch, step), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self._epoch, batch + 1) == self.at:
+            raise RuntimeError("crash")
+
+
+def test_a_run_stopped_within_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_path):
+    config = ExperimentConfig(output_dir=str(tmp_path / "run"), loss="oe", checkpoint_steps=2,
+                              **{**TINY, "limit_train": 160, "epochs": 2})  # 5 steps an epoch
+    with pytest.raises(RuntimeError, match="crash"):
+        experiment.run(config, verbose=0, callbacks=[_CrashAt(2, 3)])
+    state = json.load(open(os.path.join(config.output_dir, run_folder.LAST_STATE)))
+    assert (state["epoch"], state["step"], state["iterations"]) == (1, 2, 7)
+    assert sorted(os.listdir(os.path.join(config.output_dir, "checkpoints"))) == [
+        "epoch-0001-step-000002.weights.h5", "last.json"]
+    seen = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(int(self.model.optimizer.iterations.numpy()))
+
+    experiment.run(config.replace(checkpoint_steps=None), verbose=0, callbacks=[Steps()])
+    assert seen == list(range(7, 10))  # the 3 steps left of epoch 2, not a whole epoch
+    lines = [json.loads(line) for line in open(os.path.join(config.output_dir, "metrics.jsonl"))]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert lines[1]["resumed_at_step"] == 2 and "resumed_at_step" not in lines[0]
+    assert run_folder.is_finished(config.output_dir)
+
+
 def test_a_started_stream_continues_the_uninterrupted_one():
     from ice_tf import data
 
@@ -103,7 +139,7 @@ def test_the_checkpoint_keeps_the_last_finite_state(tmp_path):
     assert state["epoch"] == 1 and state["weights"] == "epoch-0001.weights.h5"
     fresh = models.build_model("small_cnn", (28, 28, 1), 10, head="gaussian")
     fresh.compile(keras.optimizers.SGD(0.1), loss=losses.get("ice"))
-    assert callbacks.restore_training_state(fresh, str(tmp_path)) == 1
+    assert callbacks.restore_training_state(fresh, str(tmp_path)) == (1, 0)
     assert all(np.array_equal(a, b) for a, b in zip(kept, fresh.get_weights()))
 
 

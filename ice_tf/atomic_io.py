@@ -19,23 +19,21 @@ def _umask():
 
 
 @contextlib.contextmanager
-def atomic_stream(path, mode="w", suffix=""):
-    """Yields a stream on a temporary file beside `path` that replaces `path` on success.
-
-    Folders are created. On an exception the temporary file is removed and `path` is
-    left as it was.
+def atomic_path(path, suffix=""):
+    """Yields a temporary path beside `path` for a writer that takes a file name (Keras
+    saving); it replaces `path` on success. Folders are created. On an exception the
+    temporary file is removed and `path` is left as it was.
 
     Args:
       path: the file to write.
-      mode: "w" (text) or "wb" (bytes: PNG, .npz).
       suffix: of the temporary name (some writers look at the extension).
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(handle)
     try:
-        with os.fdopen(handle, mode) as stream:
-            yield stream
+        yield temporary
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files private (0600)
         os.replace(temporary, path)
     except BaseException:
@@ -44,28 +42,18 @@ def atomic_stream(path, mode="w", suffix=""):
         raise
 
 
+@contextlib.contextmanager
+def atomic_stream(path, mode="w", suffix=""):
+    """Yields a stream on a temporary file beside `path` that replaces `path` on success
+    (see `atomic_path`); `mode` is "w" (text) or "wb" (bytes: PNG, .npz)."""
+    with atomic_path(path, suffix) as temporary, open(temporary, mode) as stream:
+        yield stream
+
+
 def write_atomic(path, data):
     """Writes text (str) or bytes to `path` atomically."""
     with atomic_stream(path, "wb" if isinstance(data, (bytes, bytearray)) else "w") as stream:
         stream.write(data)
-
-
-@contextlib.contextmanager
-def atomic_path(path, suffix=""):
-    """Yields a temporary path beside `path` for a writer that takes a file name (Keras
-    saving); it replaces `path` on success and is removed on an exception."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(handle)
-    try:
-        yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
 
 
 def save_model(model, path):

@@ -55,6 +55,18 @@ def probe_outputs(model, images, batch_size=DEFAULT_PROBE_BATCH):
     return features, outputs
 
 
+def strict_json(value):
+    """`value` with every non-finite float (at any depth) replaced by None, so that
+    `json.dumps(..., allow_nan=False)` writes strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
 def read_records(path):
     """The records of a .jsonl file, up to a line cut by a kill ([] when missing)."""
     if not os.path.exists(path):
@@ -112,10 +124,8 @@ class JsonLinesLogger(keras.callbacks.Callback):
             self.resumed_at_step = 0
         optimizer = self.model.optimizer
         record["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        record = {key: value if not isinstance(value, float) or math.isfinite(value) else None
-                  for key, value in record.items()}
         with open(self.path, "a") as stream:
-            stream.write(json.dumps(record, allow_nan=False) + "\n")
+            stream.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
             stream.flush()
 
 
@@ -287,7 +297,8 @@ class ProbeCallback(keras.callbacks.Callback):
         self.history.append(line)
         if self.path:
             with open(self.path, "a") as stream:
-                stream.write(json.dumps(line) + "\n")
+                stream.write(json.dumps(strict_json(line), allow_nan=False) + "\n")
+                stream.flush()
         if logs is not None:
             logs.update({key: float(value) for key, value in scalars.items()})
 
@@ -496,6 +507,7 @@ def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0, r
 
 __all__ = [
     "JsonLinesLogger",
+    "strict_json",
     "read_records",
     "keep_records",
     "TrainingCheckpoint",

@@ -80,9 +80,15 @@ class DataCheckError(ValueError):
     """A set a run reads cannot be read; the message names the set, the file and the fix."""
 
 
-def _first_line(error):
-    text = str(getattr(error, "message", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+_TENSORFLOW_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "\t[[")
+
+
+def _one_line(error):
+    """An error's text on one line: its lines joined, TensorFlow's node traces dropped."""
+    text = str(getattr(error, "message", None) or error)
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith(_TENSORFLOW_NOISE)]
+    return " ".join(lines) or type(error).__name__
 
 
 def check_sources(config, batch_size=16):
@@ -122,7 +128,7 @@ def check_sources(config, batch_size=16):
         except DataCheckError:
             raise
         except Exception as error:  # noqa: BLE001  (any reader's failure, in one line)
-            raise DataCheckError(f"{where}: {_first_line(error)}") from None
+            raise DataCheckError(f"{where}: {_one_line(error)}") from None
 
 
 def _eval_options(config, **changes):

@@ -14,7 +14,9 @@ consistent:
   - results.json equal to the reference's, metrics.jsonl with each epoch once and
     equal to the reference's (timing fields aside), the same final weights (the runs
     are --deterministic);
-  - a SavedModel that loads, one checkpoint state, no run.lock and no staging files.
+  - a SavedModel that loads, one checkpoint state, no staging files and no run.lock of a
+    live process (a kill after the last write leaves a dead one's, which the next run
+    into the folder takes over).
 
 Prints a table: kills injected, runs, runs finished, results lost (must be 0), and
 each check. Exit status 1 when a check fails.
@@ -78,6 +80,21 @@ def _weights(folder):
     return keras.models.load_model(os.path.join(folder, "model.keras"), compile=False).get_weights()
 
 
+def _live_lock(folder):
+    """Whether run.lock names a process that still runs (a kill after the last write
+    leaves a dead one, which the next run takes over)."""
+    try:
+        with open(os.path.join(folder, "run.lock")) as stream:
+            pid = json.load(stream)["pid"]
+    except (OSError, ValueError, KeyError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def check_folder(folder, reference):
     """{check: passed} for one finished run folder against the reference's."""
     import numpy as np
@@ -94,8 +111,7 @@ def check_folder(folder, reference):
             os.path.join(folder, "saved_model")).signatures,
         "one checkpoint state": sorted(os.listdir(os.path.join(folder, "checkpoints")))
         == ["epoch-0003.weights.h5", "last.json"],
-        "no lock, no staging files": not leftovers
-        and not os.path.exists(os.path.join(folder, "run.lock")),
+        "no live lock, no staging files": not leftovers and not _live_lock(folder),
     }
     return checks
 
@@ -135,6 +151,10 @@ def main(argv):
                 kill_moments.append(delay)
                 print(f"  {os.path.basename(folder)}: killed at {delay:5.1f} s "
                       f"({kills}/{FLAGS.kills})", flush=True)
+                if os.path.exists(os.path.join(folder, "results.json")):
+                    finished.append(folder)  # killed after its last write
+                    print(f"  {os.path.basename(folder)}: finished before the kill", flush=True)
+                    break
                 continue
             if process.returncode:
                 failures.append(f"{folder}: exit {process.returncode}: "

@@ -202,8 +202,13 @@ def remove_staging(folder):
 
 def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
     """'field: X there, Y here' for each config field that differs (dicts of config.json;
-    compared as JSON has them, so a tuple equals its list)."""
-    earlier, current = json.loads(json.dumps(earlier)), json.loads(json.dumps(current))
+    compared as JSON has them, so a tuple equals its list; a field that an older
+    config.json lacks counts as its default)."""
+    from ice_tf.config import ExperimentConfig
+
+    defaults = ExperimentConfig().to_dict()
+    earlier = json.loads(json.dumps({**defaults, **earlier}))
+    current = json.loads(json.dumps({**defaults, **current}))
     fields = sorted((set(earlier) | set(current)) - set(ignore))
     return [f"{field}: {earlier.get(field)!r} there, {current.get(field)!r} here"
             for field in fields if earlier.get(field) != current.get(field)]

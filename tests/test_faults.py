@@ -246,6 +246,10 @@ def test_compare_plans_reuse_resume_and_refusal_before_training(tmp_path):
         experiment.plan_runs({("ice", 1): done.replace(epochs=2)}, overwrite=False)
     assert experiment.plan_runs({("ice", 1): done.replace(epochs=2)}, overwrite=True) == {
         ("ice", 1): "train"}
+    # A config.json from before a field existed: the field counts as its default.
+    older = {key: value for key, value in done.to_dict().items() if key != "checkpoint_steps"}
+    atomic_io.write_atomic(os.path.join(done.output_dir, "config.json"), json.dumps(older))
+    assert experiment.plan_runs({("ice", 1): done}) == {("ice", 1): "reuse"}
 
 
 # --------------------------------------------------------------- atomic writes

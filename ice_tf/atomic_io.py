@@ -27,6 +27,10 @@ def atomic_path(path, suffix=""):
     Args:
       path: the file to write.
       suffix: of the temporary name (some writers look at the extension).
+
+    Example:
+      with atomic_path("runs/ice/plot.png", suffix=".png") as temporary:
+          figure.savefig(temporary)
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -45,27 +49,44 @@ def atomic_path(path, suffix=""):
 @contextlib.contextmanager
 def atomic_stream(path, mode="w", suffix=""):
     """Yields a stream on a temporary file beside `path` that replaces `path` on success
-    (see `atomic_path`); `mode` is "w" (text) or "wb" (bytes: PNG, .npz)."""
+    (see `atomic_path`); `mode` is "w" (text) or "wb" (bytes: PNG, .npz).
+
+    Example:
+      with atomic_stream("runs/ice/scores.npz", "wb", suffix=".npz") as stream:
+          np.savez(stream, scores=scores)
+    """
     with atomic_path(path, suffix) as temporary, open(temporary, mode) as stream:
         yield stream
 
 
 def write_atomic(path, data):
-    """Writes text (str) or bytes to `path` atomically."""
+    """Writes text (str) or bytes to `path` atomically.
+
+    Example:
+      write_atomic("runs/ice/results.json", json.dumps(results))
+    """
     with atomic_stream(path, "wb" if isinstance(data, (bytes, bytearray)) else "w") as stream:
         stream.write(data)
 
 
 def save_model(model, path):
     """`model.save(path)` (a .keras file), atomically: a killed save leaves the old file
-    or none, never a truncated one."""
+    or none, never a truncated one.
+
+    Example:
+      save_model(model, "runs/ice/model.keras")
+    """
     with atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary)
 
 
 def save_weights(model, path):
     """`model.save_weights(path)` (a .weights.h5 file: weights and optimizer state),
-    atomically."""
+    atomically.
+
+    Example:
+      save_weights(model, "runs/ice/checkpoints/epoch-0003.weights.h5")
+    """
     with atomic_path(path, suffix=".weights.h5") as temporary:
         model.save_weights(temporary)
 

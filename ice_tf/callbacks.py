@@ -57,7 +57,11 @@ def probe_outputs(model, images, batch_size=DEFAULT_PROBE_BATCH):
 
 def strict_json(value):
     """`value` with every non-finite float (at any depth) replaced by None, so that
-    `json.dumps(..., allow_nan=False)` writes strict JSON."""
+    `json.dumps(..., allow_nan=False)` writes strict JSON.
+
+    Example:
+      strict_json({"loss": float("nan"), "auroc": [0.9, float("inf")]})  # {"loss": None, ...}
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -68,7 +72,11 @@ def strict_json(value):
 
 
 def read_records(path):
-    """The records of a .jsonl file, up to a line cut by a kill ([] when missing)."""
+    """The records of a .jsonl file, up to a line cut by a kill ([] when missing).
+
+    Example:
+      [record["epoch"] for record in read_records("runs/ice/metrics.jsonl")]  # [1, 2, 3]
+    """
     if not os.path.exists(path):
         return []
     records = []
@@ -84,7 +92,11 @@ def read_records(path):
 def keep_records(path, last_epoch):
     """Rewrites a .jsonl of per-epoch records (an "epoch" key each) to those of epochs up
     to `last_epoch`, atomically, and returns them: a resumed run continues the file
-    with exactly one line per epoch. A missing file gives []."""
+    with exactly one line per epoch. A missing file gives [].
+
+    Example:
+      keep_records("runs/ice/metrics.jsonl", last_epoch=2)  # the lines of epochs 1 and 2
+    """
     if not os.path.exists(path):
         return []
     records = [record for record in read_records(path) if record.get("epoch", 0) <= last_epoch]
@@ -214,11 +226,28 @@ def _read_state(state_path):
         return None
 
 
+def training_position(folder):
+    """(finished epochs, steps into the next epoch, steps in all) of the state
+    `TrainingCheckpoint` saved in `folder`; (0, 0, 0) when there is none.
+
+    Example:
+      training_position("runs/a")  # (1, 0, 50): after epoch 1 of 50 steps
+    """
+    state = _read_state(folder_lib.path(folder, folder_lib.LAST_STATE))
+    if not state:
+        return 0, 0, 0
+    return int(state["epoch"]), int(state.get("step", 0)), int(state["iterations"])
+
+
 def restore_training_state(model, folder):
     """Loads the state `TrainingCheckpoint` saved in `folder` into a built, compiled
     model; returns (finished epochs, steps into the next epoch), (0, 0) when there is none.
 
     Raises ValueError when the state does not fit the model (another architecture).
+
+    Example:
+      model.compile(optimizer, loss="ice")
+      epoch, step = restore_training_state(model, "runs/ice")  # (2, 0): after epoch 2
     """
     state = _read_state(folder_lib.path(folder, folder_lib.LAST_STATE))
     if not state:
@@ -511,6 +540,7 @@ __all__ = [
     "read_records",
     "keep_records",
     "TrainingCheckpoint",
+    "training_position",
     "restore_training_state",
     "ProbeCallback",
     "ContradictoryGradientMeter",

@@ -110,7 +110,10 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
     strategy = distribute.get_strategy(config.strategy)
     batch_in, batch_out = (min(config.batch_in, 4), min(config.batch_out, 8)) if dry else (
         config.batch_in, config.batch_out)
-    train_ds, steps_per_epoch = make_train_data(config, batch_in, batch_out)
+    # The stream starts where the interrupted run stopped (its step count in all).
+    start_epoch, start_step, steps_done = (callbacks_lib.training_position(out) if resume
+                                           else (0, 0, 0))
+    train_ds, steps_per_epoch = make_train_data(config, batch_in, batch_out, start_step=steps_done)
     epochs, steps_per_epoch = (1, 1) if dry else (config.epochs, steps_per_epoch)
     with strategy.scope():
         model = build_model(config, strategy)
@@ -120,32 +123,27 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
             weight_decay=config.weight_decay,
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
-        start_epoch, start_step = (callbacks_lib.restore_training_state(model, out) if resume
-                                    else (0, 0))
-        if config.schedule == "finetune" and not dry and not (start_epoch or start_step):
+        if steps_done:
+            callbacks_lib.restore_training_state(model, out)
+        elif config.schedule == "finetune" and not dry:
             initialize_from_checkpoint(
                 model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
             )
-    if start_epoch or start_step:
-        # The stream continues where the uninterrupted run would be.
-        train_ds, _ = make_train_data(config, batch_in, batch_out,
-                                      start_step=start_epoch * steps_per_epoch + start_step)
-        if verbose:
-            within = f", step {start_step}" if start_step else ""
-            print(f"Resuming {out} after epoch {start_epoch}{within} of {epochs}")
+    if steps_done and verbose:
+        within = f", step {start_step}" if start_step else ""
+        print(f"Resuming {out} after epoch {start_epoch}{within} of {epochs}")
     # Analyses first: they add their scalars to the logs the loggers below write.
     callbacks = callbacks_lib.analysis_callbacks(
         config, directory=out, probe_size=8 if dry else None, start_epoch=start_epoch,
-        resumed=bool(start_epoch or start_step))
-    logger = checkpoint = None
+        resumed=bool(steps_done))
+    logger = None
     if not dry:
         logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch)
-        checkpoint = callbacks_lib.TrainingCheckpoint(out, config.checkpoint_steps, start_step)
         callbacks += [
             logger,
             keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
                                         update_freq="epoch"),
-            checkpoint,
+            callbacks_lib.TrainingCheckpoint(out, config.checkpoint_steps, start_step),
         ]
     callbacks += list(extra_callbacks)
     started = time.time()
@@ -188,6 +186,9 @@ def enable_determinism():
     Grappler's arithmetic optimisation is turned off too: it regroups sums in an order
     that changes from one trace to the next, which moved the logged loss by one float32
     ulp between identical runs (the weights were already identical).
+
+    Example:
+      enable_determinism()  # before building models; run() calls it for config.deterministic
     """
     import tensorflow as tf
 
@@ -231,13 +232,13 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
             return {key: float(values[-1]) for key, values in history.history.items()}
         out = config.output_dir
         with folder_lib.RunLock(out):
-            folder_lib.check_folder(out, config.to_dict(), overwrite)  # refusals come first
+            state = folder_lib.check_folder(out, config.to_dict(), overwrite)  # refusals first
             check_sources(config)
-            state = folder_lib.prepare_for_training(out, config.to_dict(), overwrite)
+            resume = folder_lib.clear_for_training(out, state, overwrite) == "resume"
             write_atomic(folder_lib.path(out, folder_lib.CONFIG_FILE), config.to_json() + "\n")
             for name, text in (files or {}).items():
                 write_atomic(folder_lib.path(out, name), text)
-            model, _, train_seconds = _train(config, out, verbose, resume=state == "resume",
+            model, _, train_seconds = _train(config, out, verbose, resume=resume,
                                              extra_callbacks=callbacks)
             results = _evaluate_and_export(config, model, out, verbose)
             results["train_seconds"] = round(_total_train_seconds(out, train_seconds), 1)
@@ -262,17 +263,10 @@ def plan_runs(configs, overwrite=False):
     """
     plan = {}
     for key, config in configs.items():
-        folder = config.output_dir
-        if folder_lib.is_finished(folder) and not overwrite:
-            differences = folder_lib.config_differences(
-                folder_lib.read_config(folder) or {}, config.to_dict())
-            if differences:
-                raise folder_lib.RunFolderError(
-                    f"{folder} holds a finished run of another config ({'; '.join(differences)}); "
-                    "pass --overwrite to retrain it, or choose another --output_dir.")
+        if not overwrite and folder_lib.finished_with(config.output_dir, config.to_dict()):
             plan[key] = "reuse"
         else:
-            folder_lib.check_folder(folder, config.to_dict(), overwrite)
+            folder_lib.check_folder(config.output_dir, config.to_dict(), overwrite)
             plan[key] = "train"
     return plan
 

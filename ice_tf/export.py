@@ -66,6 +66,10 @@ def checked_images(images, image_shape):
     The exported signatures accept a tensor of any shape and check it here, so that a
     wrong rank or image size is an InvalidArgumentError naming the expected shape,
     never a kernel failure that aborts the serving process.
+
+    Example:
+      checked_images(tf.zeros((2, 28, 28, 1)), (28, 28, 1))  # shape (2, 28, 28, 1)
+      checked_images(tf.zeros((28, 28, 1)), (28, 28, 1))     # InvalidArgumentError
     """
     expected = tf.constant(image_shape, tf.int32)
     shape = tf.shape(images, out_type=tf.int32)

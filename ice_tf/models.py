@@ -171,8 +171,7 @@ class _DivergenceGuard(keras.callbacks.Callback):
 
     def _check(self, logs, where):
         logs = logs if logs is not None else {}
-        found = logs.pop(NONFINITE_LOG, FINITE)
-        found = int(found) if found is not None and math.isfinite(float(found)) else FINITE
+        found = int(logs.pop(NONFINITE_LOG, FINITE))
         loss = logs.get("loss")
         if found == NONFINITE_INPUT:
             message = (f"a training batch holds NaN or inf values ({where}): check the data, e.g. "

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from ice_tf import data
-from ice_tf.data import files
+from ice_tf.data import registry
 
 
 @contextlib.contextmanager
@@ -77,7 +77,14 @@ def make_train_data(config, batch_in, batch_out, start_step=0):
 
 
 class DataCheckError(ValueError):
-    """A set a run reads cannot be read; the message names the set, the file and the fix."""
+    """A set a run reads cannot be read; the message names the set, the file and the fix.
+
+    Example:
+      try:
+          check_sources(config)
+      except DataCheckError as error:
+          print(error)  # OOD set 'isun' (image_folder at /data/iSUN): ... does not exist.
+    """
 
 
 _TENSORFLOW_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "\t[[")
@@ -93,13 +100,17 @@ def _one_line(error):
 
 def check_sources(config, batch_size=16):
     """Opens every set a run reads besides its training split (the outlier source, each
-    OOD set) and decodes a first batch of each, before any training; image folders
-    are scanned for truncated or mislabelled files (`data.files.check_image_files`).
+    OOD set) and decodes a first batch of each, before any training; a source with a
+    `check_files` method (image folders: `data.files.check_image_files`) first checks
+    every file for truncation or a wrong type.
 
     Also checks that a fine-tune's init_checkpoint exists.
 
     Raises:
       DataCheckError: one line naming the set, the file where one is at fault, and the cause.
+
+    Example:
+      check_sources(ExperimentConfig(ood_datasets=("isun=image_folder:/data/iSUN",)))
     """
     if config.schedule == "finetune" and config.init_checkpoint and not os.path.isfile(
             config.init_checkpoint):
@@ -115,8 +126,10 @@ def check_sources(config, batch_size=16):
     for what, name, split, path, exclude in sets:
         where = f"{what} ({name}{' at ' + path if path else ''})"
         try:
-            if name == "image_folder" and path and os.path.isdir(path):
-                problems = files.check_image_files(path)
+            # Sources that can check their files up front (image folders) do so.
+            check_files = getattr(registry.source_entry(name).source, "check_files", None)
+            if check_files and path:
+                problems = check_files(path)
                 if problems:
                     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                     raise DataCheckError(f"{where}: {problems[0]}{more}; remove or re-encode it.")

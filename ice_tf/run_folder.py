@@ -70,6 +70,9 @@ OUTPUT_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR, *PRODUCT_DIRS)
 # Prefixes of the staging files and folders of atomic writes (ice_tf.atomic_io,
 # ice_tf.export); a killed write leaves one behind, the next run removes it.
 STAGING_PREFIXES = (".tmp-", ".export-")
+# The fields of metrics.jsonl, results.json and the analysis records that measure time:
+# the only ones in which two runs of one command under --deterministic differ.
+TIMING_FIELDS = ("seconds", "train_seconds")
 # Config fields a resumed run may change: they do not enter training.
 RESUMABLE_FIELDS = ("dry_run", "checkpoint_steps")
 
@@ -137,6 +140,11 @@ class RunLock:
         return holder.get("host") == socket.gethostname() and not _process_alive(
             int(holder.get("pid", -1)))
 
+    def is_held(self):
+        """Whether run.lock names a live process (or one on another host, unverifiable);
+        a lock left by a dead process on this host is not held."""
+        return os.path.exists(self.path) and not self._is_stale(self._holder())
+
     def acquire(self):
         os.makedirs(self.folder, exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -186,7 +194,12 @@ def _remove(folder, files=(), dirs=()):
 
 
 def remove_staging(folder):
-    """Removes what killed atomic writes left in `folder` and its checkpoints/."""
+    """Removes what killed atomic writes left in `folder` and its checkpoints/
+    (`STAGING_PREFIXES`; hold the folder's `RunLock`).
+
+    Example:
+      remove_staging("runs/ice")  # .tmp-*.keras, .export-*/ gone
+    """
     for directory in (folder, path(folder, CHECKPOINTS_DIR)):
         if not os.path.isdir(directory):
             continue
@@ -203,7 +216,11 @@ def remove_staging(folder):
 def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
     """'field: X there, Y here' for each config field that differs (dicts of config.json;
     compared as JSON has them, so a tuple equals its list; a field that an older
-    config.json lacks counts as its default)."""
+    config.json lacks counts as its default).
+
+    Example:
+      config_differences({"loss": "oe"}, {"loss": "ice"})  # ["loss: 'oe' there, 'ice' here"]
+    """
     from ice_tf.config import ExperimentConfig
 
     defaults = ExperimentConfig().to_dict()
@@ -215,7 +232,12 @@ def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
 
 
 def read_config(folder):
-    """The dict in a folder's config.json, or None when it has none."""
+    """The dict in a folder's config.json, or None when it has none (ValueError when it
+    is not JSON).
+
+    Example:
+      read_config("runs/demo/ice/seed1")["loss"]  # "ice"
+    """
     config_path = path(folder, CONFIG_FILE)
     if not os.path.exists(config_path):
         return None
@@ -225,7 +247,14 @@ def read_config(folder):
 
 def check_folder(folder, config_dict, overwrite=False):
     """The run-folder contract's refusals, before anything is written (see
-    `prepare_for_training`); returns "finished", "unfinished" or "empty"."""
+    `prepare_for_training`); returns "finished", "unfinished" or "empty".
+
+    Unless `overwrite`, a folder of another config is refused naming the fields that
+    differ, and a finished folder of the same config naming `--overwrite`.
+
+    Example:
+      check_folder("runs/new", config.to_dict())  # "empty"
+    """
     finished = is_finished(folder)
     try:
         earlier = read_config(folder)
@@ -235,21 +264,50 @@ def check_folder(folder, config_dict, overwrite=False):
                                  "--overwrite (overwrite=True) to start the run over.") from None
         earlier = {}
     if not overwrite:
+        differences = config_differences(earlier, config_dict) if earlier is not None else []
+        if differences:
+            raise RunFolderError(
+                f"{folder} holds a{' finished' if finished else ''} run of another config "
+                f"({'; '.join(differences)}); pass --overwrite (overwrite=True) to replace it, "
+                "or choose another output_dir."
+            )
         if finished:
             raise RunFolderError(
                 f"{folder} holds a finished run (results.json); pass --overwrite "
                 "(overwrite=True) to replace it, or choose another output_dir."
             )
-        if earlier is not None:
-            differences = config_differences(earlier, config_dict)
-            if differences:
-                raise RunFolderError(
-                    f"{folder} holds a run of another config ({'; '.join(differences)}); pass "
-                    "--overwrite (overwrite=True) to replace it, or choose another output_dir."
-                )
     if finished:
         return "finished"
     return "empty" if earlier is None else "unfinished"
+
+
+def finished_with(folder, config_dict):
+    """Whether `folder` holds a finished run of this config (scripts/compare.py reuses it).
+
+    Example:
+      finished_with("runs/demo/ice/seed1", config.to_dict())  # True after the demo
+    """
+    try:
+        earlier = read_config(folder)
+    except ValueError:
+        return False
+    return (is_finished(folder) and earlier is not None
+            and not config_differences(earlier, config_dict))
+
+
+def clear_for_training(folder, state, overwrite=False):
+    """What `prepare_for_training` removes, for a folder in `state` (`check_folder`'s
+    answer); returns "resume" when checkpoints/ holds a state to continue, else "new".
+
+    Example:
+      clear_for_training("runs/ice", check_folder("runs/ice", config.to_dict()))
+    """
+    remove_staging(folder)
+    if overwrite or state != "unfinished":
+        _remove(folder, OUTPUT_FILES, OUTPUT_DIRS)
+        return "new"
+    _remove(folder, PRODUCT_FILES, PRODUCT_DIRS)
+    return "resume" if os.path.isfile(path(folder, LAST_STATE)) else "new"
 
 
 def prepare_for_training(folder, config_dict, overwrite=False):
@@ -262,16 +320,27 @@ def prepare_for_training(folder, config_dict, overwrite=False):
       scores, statistics, results) is removed and checkpoints/, metrics and analyses
       are kept for the run to resume from; staging files of killed writes go.
 
+    `check_folder` then `clear_for_training`, which `ice_tf.experiment.run` calls apart
+    so as to check the data in between.
+
     Returns:
       "resume" when checkpoints/ holds a training state to continue, else "new".
+
+    Example:
+      with RunLock("runs/ice"):
+          state = prepare_for_training("runs/ice", config.to_dict())  # "new" or "resume"
     """
-    state = check_folder(folder, config_dict, overwrite)
-    remove_staging(folder)
-    if overwrite or state != "unfinished":
-        _remove(folder, OUTPUT_FILES, OUTPUT_DIRS)
-        return "new"
-    _remove(folder, PRODUCT_FILES, PRODUCT_DIRS)
-    return "resume" if os.path.isfile(path(folder, LAST_STATE)) else "new"
+    return clear_for_training(folder, check_folder(folder, config_dict, overwrite), overwrite)
+
+
+def without_timing(record):
+    """A record of a run folder's JSON files without its `TIMING_FIELDS`: what two
+    deterministic runs of one command must agree on.
+
+    Example:
+      without_timing({"epoch": 1, "seconds": 2.4, "loss": 0.9})  # {"epoch": 1, "loss": 0.9}
+    """
+    return {key: value for key, value in record.items() if key not in TIMING_FIELDS}
 
 
 def method_run(runs_dir, label, seed):
@@ -366,8 +435,9 @@ __all__ = [
     "CHECKPOINTS_DIR", "LAST_CHECKPOINT", "LAST_STATE", "LOCK_FILE", "MODEL_FILE",
     "SAVED_MODEL_DIR", "SCORES_FILE", "STATS_FILE", "RESULTS_FILE", "RESULTS_MARKDOWN",
     "DEMO_COMMAND", "PRODUCT_FILES", "PRODUCT_DIRS", "OUTPUT_FILES", "OUTPUT_DIRS",
-    "STAGING_PREFIXES", "RESUMABLE_FIELDS", "RunFolderError", "RunLock", "remove_staging",
-    "config_differences", "read_config", "check_folder", "prepare_for_training", "path", "is_finished",
+    "STAGING_PREFIXES", "TIMING_FIELDS", "RESUMABLE_FIELDS", "RunFolderError", "RunLock", "remove_staging",
+    "config_differences", "read_config", "check_folder", "finished_with", "clear_for_training",
+    "prepare_for_training", "without_timing", "path", "is_finished",
     "method_run", "parse_label_folder", "run_folders", "check_run_folders", "method_of",
     "scores_key", "label_of_scores_key", "save_scores", "load_scores",
 ]

@@ -185,7 +185,11 @@ def parse_overrides(text):
 
 
 def define_run_flags(flag_values=flags.FLAGS):
-    """The flags of a training script that are not config fields."""
+    """The flags of a training script that are not config fields (--overwrite).
+
+    Example:
+      define_run_flags()  # then experiment.run(config, overwrite=FLAGS.overwrite)
+    """
     flags.DEFINE_bool(
         "overwrite", False,
         "Replace a finished run, or one of another config, in --output_dir (every earlier "
@@ -199,7 +203,12 @@ USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, run_folder.Run
 
 def one_line_errors(main):
     """Wraps a script's `main`: a user error (`USER_ERRORS`) prints `error: <message>` on
-    one line and exits with status 1; ICE_TF_TRACEBACK=1 shows the traceback instead."""
+    one line and exits with status 1; ICE_TF_TRACEBACK=1 shows the traceback instead.
+
+    Example:
+      @one_line_errors
+      def main(argv): ...
+    """
 
     @functools.wraps(main)
     def wrapped(argv):

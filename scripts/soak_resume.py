@@ -36,8 +36,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from ice_tf import run_folder  # noqa: E402
+from ice_tf.run_folder import without_timing  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_KEYS = ("seconds", "train_seconds")
 TINY_RUN = [
     "--flagfile=flags/demo.flags", "--loss=ice", "--limit_train=192", "--batch_in=32",
     "--batch_out=64", "--epochs=3", "--learning_rate=0.01", "--eval_limit=100",
@@ -58,18 +60,14 @@ def _train(folder):
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _without_timing(record):
-    return {key: value for key, value in record.items() if key not in TIMING_KEYS}
-
-
 def _records(folder):
-    with open(os.path.join(folder, "metrics.jsonl")) as stream:
-        return [_without_timing(json.loads(line)) for line in stream]
+    with open(run_folder.path(folder, run_folder.METRICS_FILE)) as stream:
+        return [without_timing(json.loads(line)) for line in stream]
 
 
 def _results(folder):
-    with open(os.path.join(folder, "results.json")) as stream:
-        return _without_timing(json.load(stream))
+    with open(run_folder.path(folder, run_folder.RESULTS_FILE)) as stream:
+        return without_timing(json.load(stream))
 
 
 def _weights(folder):
@@ -77,22 +75,8 @@ def _weights(folder):
 
     import ice_tf.models  # noqa: F401  (registers OODModel for loading)
 
-    return keras.models.load_model(os.path.join(folder, "model.keras"), compile=False).get_weights()
-
-
-def _live_lock(folder):
-    """Whether run.lock names a process that still runs (a kill after the last write
-    leaves a dead one, which the next run takes over)."""
-    try:
-        with open(os.path.join(folder, "run.lock")) as stream:
-            pid = json.load(stream)["pid"]
-    except (OSError, ValueError, KeyError):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return keras.models.load_model(run_folder.path(folder, run_folder.MODEL_FILE),
+                                   compile=False).get_weights()
 
 
 def check_folder(folder, reference):
@@ -100,18 +84,21 @@ def check_folder(folder, reference):
     import numpy as np
     import tensorflow as tf
 
-    leftovers = [name for directory in (folder, os.path.join(folder, "checkpoints"))
-                 for name in os.listdir(directory) if name.startswith((".tmp-", ".export-"))]
+    checkpoints = run_folder.path(folder, run_folder.CHECKPOINTS_DIR)
+    leftovers = [name for directory in (folder, checkpoints)
+                 for name in os.listdir(directory) if name.startswith(run_folder.STAGING_PREFIXES)]
     checks = {
         "results equal": _results(folder) == reference["results"],
         "metrics: each epoch once, equal": _records(folder) == reference["records"],
         "final weights equal": all(np.array_equal(a, b) for a, b in
                                    zip(_weights(folder), reference["weights"])),
         "SavedModel loads": "serving_default" in tf.saved_model.load(
-            os.path.join(folder, "saved_model")).signatures,
-        "one checkpoint state": sorted(os.listdir(os.path.join(folder, "checkpoints")))
+            run_folder.path(folder, run_folder.SAVED_MODEL_DIR)).signatures,
+        "one checkpoint state": sorted(os.listdir(checkpoints))
         == ["epoch-0003.weights.h5", "last.json"],
-        "no live lock, no staging files": not leftovers and not _live_lock(folder),
+        # A kill after the last write leaves a dead process's lock: not held.
+        "no live lock, no staging files": not leftovers
+        and not run_folder.RunLock(folder).is_held(),
     }
     return checks
 
@@ -151,7 +138,7 @@ def main(argv):
                 kill_moments.append(delay)
                 print(f"  {os.path.basename(folder)}: killed at {delay:5.1f} s "
                       f"({kills}/{FLAGS.kills})", flush=True)
-                if os.path.exists(os.path.join(folder, "results.json")):
+                if run_folder.is_finished(folder):
                     finished.append(folder)  # killed after its last write
                     print(f"  {os.path.basename(folder)}: finished before the kill", flush=True)
                     break
@@ -175,8 +162,7 @@ def main(argv):
     for folder in finished:
         for check, passed in check_folder(folder, reference).items():
             totals.setdefault(check, []).append(passed)
-    lost = len(failures) + sum(1 for folder in finished
-                               if not os.path.exists(os.path.join(folder, "results.json")))
+    lost = len(failures) + sum(1 for folder in finished if not run_folder.is_finished(folder))
     print()
     print("| soak | value |")
     print("|---|---|")

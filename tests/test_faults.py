@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import warnings
 
 import keras
 import numpy as np
@@ -24,18 +23,13 @@ from ice_tf.run_data import DataCheckError, check_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(REPO, "tests", "fault_runner.py")
-TIMING_KEYS = ("seconds", "train_seconds")  # the only fields two identical runs may differ in
 
 TINY = dict(backbone="small_cnn", limit_train=64, batch_in=32, batch_out=64, epochs=1,
             eval_limit=50, eval_draws=1, ood_datasets=("gaussian",), export=False)
 
 
-def _without_timing(record):
-    return {key: value for key, value in record.items() if key not in TIMING_KEYS}
-
-
 def _records(path):
-    return [_without_timing(json.loads(line)) for line in open(path)]
+    return [run_folder.without_timing(json.loads(line)) for line in open(path)]
 
 
 def _run_runner(*args):
@@ -63,8 +57,8 @@ def test_a_run_killed_in_epoch_2_resumes_to_the_uninterrupted_result(tmp_path):
     expected = _records(os.path.join(whole, "metrics.jsonl"))
     assert [r["epoch"] for r in expected] == [1, 2, 3]
     assert _records(os.path.join(killed, "metrics.jsonl")) == expected
-    assert (_without_timing(json.load(open(os.path.join(killed, "results.json"))))
-            == _without_timing(json.load(open(os.path.join(whole, "results.json")))))
+    assert (run_folder.without_timing(json.load(open(os.path.join(killed, "results.json"))))
+            == run_folder.without_timing(json.load(open(os.path.join(whole, "results.json")))))
     confidence = [os.path.join(folder, "analysis", "confidence.jsonl") for folder in (whole, killed)]
     assert [r["epoch"] for r in _records(confidence[1])] == [0, 1, 2, 3]
     assert _records(confidence[0]) == _records(confidence[1])

@@ -111,6 +111,11 @@ class ImageFolderSource:
     Example: `load("image_folder", "test", path="/data/iSUN")`.
     """
 
+    def check_files(self, path):
+        """`check_image_files` of the folder at `path` ([] when it is not a folder: `open`
+        reports that)."""
+        return check_image_files(path) if os.path.isdir(path) else []
+
     def open(self, split, options, *, dataset_name):
         folder = _require_path(options, dataset_name, "a folder of images")
         if not os.path.isdir(folder):

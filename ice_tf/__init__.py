@@ -18,14 +18,46 @@ Submodules:
   experiment   one run end to end; run_folder names the run folder's files and finds runs.
   data, evaluation, atomic_io, plotting, toy: datasets, OOD evaluation, atomic writes, figures.
   report       `ice_tf.evaluate(model, (x, y), {name: images})`: any Keras model, one call.
+  cli          the `ice-tf` command (train, evaluate, export, compare, demo); `python -m ice_tf`.
 """
 
 __version__ = "0.1.0"
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+# Modules that work without TensorFlow (numpy, the config, run folders, the command line).
+WITHOUT_TENSORFLOW = ("atomic_io", "calibration", "cli", "config", "metrics", "run_folder")
+TENSORFLOW_MISSING = (
+    'ice-tf needs TensorFlow, which is not installed: pip install "ice-tf[cpu]" '
+    '(or "ice-tf[gpu]" for NVIDIA GPUs)')
+
+
+class _TensorFlowMissing(importlib.abc.MetaPathFinder):
+    """Without TensorFlow, importing a module that needs it fails at once, in one line that
+    names the extra to install, instead of deep inside keras."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        parts = fullname.split(".")
+        if parts[0] == "ice_tf" and len(parts) > 1 and parts[1] not in WITHOUT_TENSORFLOW:
+            raise ModuleNotFoundError(TENSORFLOW_MISSING, name="tensorflow")
+        return None
+
+
+def _tensorflow_installed():
+    try:
+        return importlib.util.find_spec("tensorflow") is not None  # a lookup, not an import
+    except (ImportError, ValueError):
+        return False
+
+
+if not _tensorflow_installed():
+    sys.meta_path.insert(0, _TensorFlowMissing())
 
 _SUBMODULES = (
-    "analysis", "atomic_io", "backbones", "calibration", "callbacks", "config", "data",
+    "analysis", "atomic_io", "backbones", "calibration", "callbacks", "cli", "config", "data",
     "detectors", "distribute", "evaluation", "experiment", "export", "gda", "layers", "losses",
     "metrics", "models", "plotting", "report", "run_data", "run_folder", "scores", "toy",
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import Optional
 
 # Config fields that set a method's hyperparameters (`ice_tf.losses.spec(loss).hyperparameters`),
@@ -172,13 +173,26 @@ class ExperimentConfig:
                 f"{fields} {verb} not apply to loss={self.loss!r} (its hyperparameters: "
                 f"{taken}); unset {fields}."
             )
-        choose("backbone", self.backbone, backbones.names())
+        if str(self.backbone).endswith(".keras"):  # a user's network
+            if not os.path.isfile(self.backbone):
+                raise ValueError(f"backbone={self.backbone!r} does not exist; give the .keras "
+                                 f"file of your model, or one of: {', '.join(backbones.names())}.")
+            if self.dropout_rate is not None:
+                raise ValueError("dropout_rate applies to the registered backbones only; unset it "
+                                 "for a backbone file.")
+        else:
+            choose("backbone", self.backbone, backbones.names())
         choose("head", self.head, HEAD_CHOICES)
         choose("schedule", self.schedule, SCHEDULES)
         choose("protocol", self.protocol, PROTOCOLS)
         choose("strategy", self.strategy, distribute.STRATEGIES)
         choose("score", self.score_name, scores.names())
-        choose("in_dataset", self.in_dataset, data.names())
+        from ice_tf.data import labelled
+
+        if labelled.is_spec(self.in_dataset):
+            data.get_info(self.in_dataset)  # reads the user's set: a bad one fails here
+        else:
+            choose("in_dataset", self.in_dataset, data.names())
         if data.get_info(self.in_dataset).num_classes is None:
             raise ValueError(f"in_dataset={self.in_dataset!r} has no labels; pick a labelled set.")
         if self.uses_outliers:
@@ -216,8 +230,10 @@ class ExperimentConfig:
             raise ValueError(f"loss_weight (lambda) must be >= 0, got {self.loss_weight}.")
         if self.dropout_rate is not None and not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}.")
-        if self.schedule == "finetune" and not self.init_checkpoint and not self.dry_run:
-            raise ValueError("schedule='finetune' needs init_checkpoint (a .keras file of a trained model).")
+        if (self.schedule == "finetune" and not self.init_checkpoint and not self.dry_run
+                and not str(self.backbone).endswith(".keras")):
+            raise ValueError("schedule='finetune' needs init_checkpoint (a .keras file of a trained "
+                             "model) or backbone=PATH.keras (your trained classifier).")
         losses.get(self.loss, **self.loss_kwargs())  # checks λ and margins
         return self
 

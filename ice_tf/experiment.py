@@ -69,8 +69,19 @@ def initialize_from_checkpoint(model, checkpoint_path, train_dataset=None, num_b
 
 
 def build_model(config, strategy):
-    """The run's `OODModel` (backbone, head by `config.head_kind`), inside `strategy.scope()`."""
+    """The run's `OODModel` (backbone, head by `config.head_kind`), inside `strategy.scope()`.
+
+    A backbone `PATH.keras` is a user's network (`models.build_from_file`): fresh weights
+    for the scratch schedule (or a fine-tune from init_checkpoint), its own weights for a
+    fine-tune without one.
+    """
     num_classes = data.get_info(config.in_dataset).num_classes
+    if models.is_model_file(config.backbone):
+        with strategy.scope():
+            return models.build_from_file(
+                config.backbone, num_classes, config.head_kind,
+                fresh_weights=config.schedule == "scratch" or bool(config.init_checkpoint),
+                normalization=data.normalization(config.in_dataset))
     return models.build_model(
         config.backbone,
         image_shape_of(config),
@@ -125,10 +136,13 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
         )
         if steps_done:
             callbacks_lib.restore_training_state(model, out)
-        elif config.schedule == "finetune" and not dry:
+        elif config.schedule == "finetune" and not dry and config.init_checkpoint:
             initialize_from_checkpoint(
                 model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
             )
+        elif config.schedule == "finetune" and not dry and model.gaussian_head:
+            # A user's classifier (--backbone=PATH.keras): its features, a fitted Gaussian head.
+            fit_gaussian_head(model, train_ds, steps_per_epoch, verbose=verbose)
     if steps_done and verbose:
         within = f", step {start_step}" if start_step else ""
         print(f"Resuming {out} after epoch {start_epoch}{within} of {epochs}")
@@ -172,7 +186,7 @@ def load_run(run_dir, **overrides):
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"{run_dir} is not a finished run folder (no {os.path.basename(path)}); "
-                "train it with scripts/train.py or scripts/compare.py."
+                "train it with ice-tf train or ice-tf compare."
             )
     with open(config_path) as stream:
         config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
@@ -236,6 +250,9 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
             check_sources(config)
             resume = folder_lib.clear_for_training(out, state, overwrite) == "resume"
             write_atomic(folder_lib.path(out, folder_lib.CONFIG_FILE), config.to_json() + "\n")
+            write_atomic(folder_lib.path(out, folder_lib.DATASET_FILE),
+                         json.dumps(data.describe(config.in_dataset), indent=2) + "\n")
+            write_atomic(folder_lib.path(out, folder_lib.README_FILE), folder_lib.readme_text(config))
             for name, text in (files or {}).items():
                 write_atomic(folder_lib.path(out, name), text)
             model, _, train_seconds = _train(config, out, verbose, resume=resume,

@@ -16,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import os
+
 import contextlib
 import math
 import warnings
@@ -740,5 +743,83 @@ def build_model(backbone, input_shape, num_classes, head="linear", strategy=None
                         normalization=normalization, name=f"{backbone}_{head}")
 
 
-__all__ = ["OODModel", "build_model", "classifier_parts", "ClassifierFeatures",
+def is_model_file(backbone):
+    """Whether a backbone setting names a Keras model file (`PATH.keras`) rather than a
+    registered backbone.
+
+    Example:
+      is_model_file("mine/classifier.keras")  # True
+    """
+    return str(backbone).endswith(".keras")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_file(path, modified_ns):
+    del modified_ns  # part of the cache key: a rewritten file is loaded again
+    return keras.models.load_model(path, compile=False)
+
+
+def load_model_file(path):
+    """The Keras model in `path` (cached per process; uncompiled).
+
+    Example:
+      load_model_file("mine/classifier.keras").input_shape  # (None, 32, 32, 3)
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone file {path!r} does not exist; give the .keras file "
+                                "of your classifier or feature extractor.")
+    return _load_file(os.path.abspath(path), os.stat(path).st_mtime_ns)
+
+
+def model_file_input_shape(path):
+    """(H, W, C) of the images the model in `path` takes.
+
+    Example:
+      model_file_input_shape("mine/classifier.keras")  # (32, 32, 3)
+    """
+    model = load_model_file(path)
+    try:
+        shape = tuple(model.input_shape[1:])
+    except (AttributeError, ValueError):
+        shape = tuple(((model.get_build_config() or {}).get("input_shape") or [None])[1:])
+    if len(shape) != 3 or not all(shape):
+        raise ValueError(f"backbone file {path!r} takes inputs of shape {shape}; a backbone takes "
+                         "images (H, W, C) of a fixed size.")
+    return tuple(int(d) for d in shape)
+
+
+def build_from_file(path, num_classes, head="linear", *, fresh_weights, normalization=None):
+    """An `OODModel` on the network in a user's `.keras` file (`--backbone=PATH.keras`).
+
+    A classifier, whose last Dense layer has `num_classes` units, is cut at that layer's
+    input (`classifier_parts`); any other model is taken whole as the feature extractor.
+    With `fresh_weights` (the scratch schedule) the network is cloned with new weights;
+    without (the fine-tune schedule) it keeps its trained weights and a linear head takes
+    over the Dense layer's, while a Gaussian head is to be fitted by the caller
+    (`fit_gaussian_head`).
+
+    Example:
+      model = build_from_file("mine.keras", 10, "gaussian", fresh_weights=True)
+    """
+    network = load_model_file(path)
+    shape = model_file_input_shape(path)
+    try:
+        backbone, dense = classifier_parts(network)
+    except ValueError:
+        backbone, dense = network, None
+    if dense is not None and dense.units != num_classes:
+        backbone, dense = network, None  # its last Dense gives features, not class scores
+    if fresh_weights:
+        backbone = keras.models.clone_model(backbone)
+    model = OODModel(backbone, layers_lib.make_head(head, num_classes), input_shape=shape,
+                     normalization=normalization, name=f"{network.name}_{head}")
+    model.build((None, *shape))
+    if not fresh_weights and head == "linear" and dense is not None:
+        bias = dense.bias.numpy() if dense.use_bias else np.zeros(dense.units, np.float32)
+        model.head.set_weights([dense.kernel.numpy(), bias])
+    return model
+
+
+__all__ = ["OODModel", "build_model", "build_from_file", "is_model_file", "load_model_file",
+           "model_file_input_shape", "classifier_parts", "ClassifierFeatures",
            "fit_gaussian_head", "FINETUNE_RIDGE", "unpack_batch"]

@@ -46,7 +46,12 @@ def substitute(config, name, path):
 
 
 def image_shape_of(config):
-    """(H, W, C) of the in-distribution set."""
+    """(H, W, C) every image of the run is prepared to: the input of a user's model file
+    (`--backbone=PATH.keras`), else the in-distribution set's own size."""
+    if str(config.backbone).endswith(".keras"):
+        from ice_tf import models
+
+        return models.model_file_input_shape(config.backbone)
     shape = data.get_info(config.in_dataset).image_shape
     if shape is None:
         raise ValueError(f"{config.in_dataset} has no fixed image size.")
@@ -98,13 +103,14 @@ def _one_line(error):
     return " ".join(lines) or type(error).__name__
 
 
-def check_sources(config, batch_size=16):
+def check_sources(config, batch_size=16, outliers=True):
     """Opens every set a run reads besides its training split (the outlier source, each
     OOD set) and decodes a first batch of each, before any training; a source with a
     `check_files` method (image folders: `data.files.check_image_files`) first checks
     every file for truncation or a wrong type.
 
-    Also checks that a fine-tune's init_checkpoint exists.
+    Also checks that a fine-tune's init_checkpoint exists. `outliers=False` skips the
+    outlier source (evaluation reads none).
 
     Raises:
       DataCheckError: one line naming the set, the file where one is at fault, and the cause.
@@ -118,7 +124,7 @@ def check_sources(config, batch_size=16):
             f"init_checkpoint {config.init_checkpoint!r} does not exist; give the model.keras "
             "of a finished run (e.g. runs/demo/ce/seed1/model.keras).")
     sets = []
-    if config.uses_outliers:
+    if config.uses_outliers and outliers:
         sets.append(("outlier source", config.outlier_dataset, "train", config.outlier_path,
                      config.outlier_exclude_path))
     sets += [(f"OOD set {spec.label!r}", spec.dataset, spec.split, spec.path, None)
@@ -144,7 +150,22 @@ def check_sources(config, batch_size=16):
             raise DataCheckError(f"{where}: {_one_line(error)}") from None
 
 
-def _eval_options(config, **changes):
+def model_input(model, config):
+    """{image_shape, normalization} that a trained model's inputs need, for the `adapt`
+    argument of `make_eval_data` and `statistics_data`: the model's own input size and
+    channels, and the normalisation it records (else the in-distribution set's).
+
+    Example:
+      in_ds, ood = make_eval_data(config, adapt=model_input(model, config))
+    """
+    shape = getattr(model, "image_shape", None)
+    if shape is None or not all(shape or ()):
+        shape = tuple(model.input_shape[1:])
+    normalization = getattr(model, "normalization", None) or data.normalization(config.in_dataset)
+    return {"image_shape": tuple(int(d) for d in shape), "normalization": normalization}
+
+
+def _eval_options(config, adapt=None, **changes):
     options = dict(
         image_shape=image_shape_of(config),
         normalization=data.normalization(config.in_dataset),
@@ -154,26 +175,32 @@ def _eval_options(config, **changes):
         data_dir=config.data_dir,
         download=config.download,
     )
+    options.update(adapt or {})
     options.update(changes)
     return options
 
 
-def make_eval_data(config):
-    """The in-distribution evaluation split and a dict label -> OOD dataset."""
-    in_dataset = data.make_eval_dataset(config.in_dataset, config.eval_split, **_eval_options(config))
+def make_eval_data(config, adapt=None):
+    """The in-distribution evaluation split and a dict label -> OOD dataset; with `adapt`
+    (`model_input(model, config)`) every set is prepared to that model's input size,
+    channels and normalisation."""
+    in_dataset = data.make_eval_dataset(config.in_dataset, config.eval_split,
+                                        **_eval_options(config, adapt))
     ood = {}
     for spec in config.ood_set_specs:
         name, path = substitute(config, spec.dataset, spec.path)
         split = spec.split if name == spec.dataset else "test"
-        ood[spec.label] = data.make_eval_dataset(name, split, path=path, **_eval_options(config))
+        ood[spec.label] = data.make_eval_dataset(name, split, path=path,
+                                                 **_eval_options(config, adapt))
     return in_dataset, ood
 
 
-def statistics_data(config):
+def statistics_data(config, adapt=None):
     """The run's training images, normalised and unaugmented, for fitting statistics
-    (Mahalanobis): `limit_train` images, seeded as training samples them."""
+    (Mahalanobis): `limit_train` images, seeded as training samples them (`adapt`: see
+    `make_eval_data`)."""
     return data.make_eval_dataset(config.in_dataset, "train", **_eval_options(
-        config, limit=config.limit_train))
+        config, adapt, limit=config.limit_train))
 
 
 def load_images(config, name, split, limit, path=None, exclude_index_path=None):
@@ -192,5 +219,5 @@ def load_images(config, name, split, limit, path=None, exclude_index_path=None):
 
 __all__ = [
     "mock_sources", "substitute", "image_shape_of", "make_train_data", "make_eval_data",
-    "statistics_data", "load_images", "check_sources", "DataCheckError",
+    "statistics_data", "model_input", "load_images", "check_sources", "DataCheckError",
 ]

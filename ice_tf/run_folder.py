@@ -5,6 +5,8 @@ One training run writes one folder (`ice_tf.experiment.run`):
   run.lock             while a process writes the folder: its pid, host and start
   flags.txt            a flag file that re-runs it (scripts)
   config.json          the frozen config
+  dataset.json         the in-distribution set: classes, image shape, normalisation, splits
+  README.md            what each file is, and the commands that re-run, evaluate, export it
   metrics.jsonl        one JSON line per epoch
   analysis/            the training-time analyses asked for (ice_tf.callbacks)
   tensorboard/         TensorBoard logs
@@ -45,6 +47,8 @@ import numpy as np
 
 FLAGS_FILE = "flags.txt"
 CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
+README_FILE = "README.md"
 METRICS_FILE = "metrics.jsonl"
 ANALYSIS_DIR = "analysis"  # also ice_tf.analysis.ANALYSIS_DIR
 TENSORBOARD_DIR = "tensorboard"
@@ -65,7 +69,7 @@ IN_DISTRIBUTION_KEY = "in"
 PRODUCT_FILES = (MODEL_FILE, SCORES_FILE, STATS_FILE, RESULTS_FILE, RESULTS_MARKDOWN)
 PRODUCT_DIRS = (SAVED_MODEL_DIR,)
 # Everything a run writes (--overwrite removes all of it).
-OUTPUT_FILES = (FLAGS_FILE, CONFIG_FILE, METRICS_FILE, *PRODUCT_FILES)
+OUTPUT_FILES = (FLAGS_FILE, CONFIG_FILE, DATASET_FILE, README_FILE, METRICS_FILE, *PRODUCT_FILES)
 OUTPUT_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR, *PRODUCT_DIRS)
 # Prefixes of the staging files and folders of atomic writes (ice_tf.atomic_io,
 # ice_tf.export); a killed write leaves one behind, the next run removes it.
@@ -76,8 +80,67 @@ TIMING_FIELDS = ("seconds", "train_seconds")
 # Config fields a resumed run may change: they do not enter training.
 RESUMABLE_FIELDS = ("dry_run", "checkpoint_steps")
 
-DEMO_COMMAND = "python scripts/compare.py --flagfile=flags/demo.flags"
+DEMO_COMMAND = "ice-tf demo"
 """The command that creates the default run folders (runs/demo/<method>/seed1)."""
+
+# What each entry of a run folder is, for the README.md written into it.
+FILE_DESCRIPTIONS = {
+    FLAGS_FILE: "a flag file that re-runs this run (only the flags of its method)",
+    CONFIG_FILE: "the frozen config (`ice_tf.config.ExperimentConfig`)",
+    DATASET_FILE: "the in-distribution set: class names, image shape, the normalisation the "
+                  "model expects, split sizes and how each split was made",
+    METRICS_FILE: "one JSON line per epoch: losses, accuracy, learning rate, seconds",
+    ANALYSIS_DIR + "/": "the training-time analyses asked for (docs/analyses.md)",
+    TENSORBOARD_DIR + "/": "TensorBoard logs (`tensorboard --logdir " + TENSORBOARD_DIR + "`)",
+    CHECKPOINTS_DIR + "/": "the training state of the last finished epoch (weights, optimizer, "
+                           "random state): the same command resumes from it",
+    MODEL_FILE: "the trained Keras model (`keras.models.load_model`, after `import ice_tf.models`)",
+    SAVED_MODEL_DIR + "/": "the serving SavedModel: probabilities, confidence, score; loads with "
+                           "plain `tf.saved_model.load`",
+    SCORES_FILE: "the raw OOD scores of the evaluation: 'in' and one array per OOD set",
+    STATS_FILE: "post-hoc Mahalanobis statistics, once `ice-tf evaluate` fitted them",
+    RESULTS_FILE: "AUROC, AUPR-In/Out, FPR95 per OOD set and their mean, accuracy; written "
+                  "last, so a folder without it is unfinished",
+    RESULTS_MARKDOWN: "the same results as a table",
+    LOCK_FILE: "present while a process writes the folder (its pid, host, start time)",
+}
+
+
+def readme_text(config):
+    """The README.md of a run folder: what the run is, each file, and the commands that
+    re-run, resume, evaluate and export it.
+
+    Example:
+      write_atomic(path(out, README_FILE), readme_text(config))
+    """
+    out = config.output_dir
+    head = config.head_kind
+    lines = [
+        f"# Run: {config.loss} ({head} head, {config.backbone}) on {config.in_dataset}",
+        "",
+        f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}, {config.schedule} schedule, seed {config.seed}; evaluated "
+        f"with the `{config.score_name}` score on {len(config.ood_datasets)} OOD sets "
+        f"({config.protocol} protocol).",
+        "",
+        "## Files",
+        "",
+    ]
+    lines += [f"- `{name}`: {what}" for name, what in FILE_DESCRIPTIONS.items()]
+    lines += [
+        "",
+        "## Commands",
+        "",
+        "```bash",
+        f"ice-tf train --flagfile={out}/{FLAGS_FILE}          # re-run; after a kill, resumes",
+        f"ice-tf train --flagfile={out}/{FLAGS_FILE} --overwrite   # start again from scratch",
+        f"ice-tf evaluate --model={out} --scores={config.score_name},msp,mahalanobis",
+        f"ice-tf export --model={out}/{MODEL_FILE} --output=exported",
+        "```",
+        "",
+        "From Python: `model, config, _ = ice_tf.experiment.load_run(\"" + out + "\")`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def path(folder, name):
@@ -434,7 +497,8 @@ __all__ = [
     "FLAGS_FILE", "CONFIG_FILE", "METRICS_FILE", "ANALYSIS_DIR", "TENSORBOARD_DIR",
     "CHECKPOINTS_DIR", "LAST_CHECKPOINT", "LAST_STATE", "LOCK_FILE", "MODEL_FILE",
     "SAVED_MODEL_DIR", "SCORES_FILE", "STATS_FILE", "RESULTS_FILE", "RESULTS_MARKDOWN",
-    "DEMO_COMMAND", "PRODUCT_FILES", "PRODUCT_DIRS", "OUTPUT_FILES", "OUTPUT_DIRS",
+    "DEMO_COMMAND", "FILE_DESCRIPTIONS", "readme_text", "DATASET_FILE", "README_FILE",
+    "PRODUCT_FILES", "PRODUCT_DIRS", "OUTPUT_FILES", "OUTPUT_DIRS",
     "STAGING_PREFIXES", "TIMING_FIELDS", "RESUMABLE_FIELDS", "RunFolderError", "RunLock", "remove_staging",
     "config_differences", "read_config", "check_folder", "finished_with", "clear_for_training",
     "prepare_for_training", "without_timing", "path", "is_finished",

@@ -39,11 +39,11 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-import experiment_flags  # noqa: E402
+from ice_tf.cli import experiment_flags, runner  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
 from ice_tf import calibration, evaluation, experiment, plotting, run_data, run_folder, scores  # noqa: E402
 
-CREATE_RUNS = "python scripts/compare.py --flagfile=flags/demo.flags"
+CREATE_RUNS = run_folder.DEMO_COMMAND
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <method>/seed<seed> run folders.")
 flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Method folders read under --runs_dir.")
@@ -236,4 +236,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runner.run(main, __doc__)

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-import experiment_flags  # noqa: E402
+from ice_tf.cli import experiment_flags, runner  # noqa: E402
 from ice_tf import run_folder  # noqa: E402  (light: no TensorFlow)
 
 # TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
@@ -146,4 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runner.run(main, __doc__)

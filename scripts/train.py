@@ -1,46 +1,9 @@
-"""Trains, evaluates and exports one model.
+"""`ice-tf train` from a source checkout: `python scripts/train.py --helpshort`.
 
-  python scripts/train.py --flagfile=flags/experiments/cifar10_wrn_finetune_ice.flags
-  python scripts/train.py --flagfile=flags/demo.flags --loss=ice --output_dir=runs/ice
-  python scripts/train.py --flagfile=... --dry_run      # mock data, one step, no output
-
-The run folder gets flags.txt (re-runnable), config.json, metrics.jsonl,
-tensorboard/, checkpoints/, model.keras, saved_model/, results.json and
-results.md (see ice_tf.run_folder). The same command after a kill resumes from the
-last finished epoch; a finished folder, or one of another config, is refused
-unless --overwrite; a folder another process is writing is refused at once.
+The command lives in ice_tf/cli/train.py; an installed ice-tf runs it as `ice-tf train`.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
-
-import experiment_flags  # noqa: E402
-from ice_tf import evaluation, experiment, run_folder  # noqa: E402
-
-experiment_flags.define_flags()
-experiment_flags.define_run_flags()
-FLAGS = flags.FLAGS
-
-
-@experiment_flags.one_line_errors
-def main(argv):
-    experiment_flags.quiet_tensorflow_logging(FLAGS)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = experiment_flags.config_from_flags(FLAGS)
-    if config.dry_run:
-        logs = experiment.dry_run(config)
-        print("dry run OK: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
-        return
-    results = experiment.run(config, overwrite=FLAGS.overwrite,
-                             files={run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config)})
-    print()
-    print(evaluation.results_markdown(results, title=f"{config.loss} on {config.in_dataset}"))
-    print(f"Run folder: {config.output_dir}")
-
+from ice_tf.cli import train
 
 if __name__ == "__main__":
-    app.run(main)
+    train.run()

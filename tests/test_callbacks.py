@@ -15,9 +15,8 @@ from ice_tf import analysis, callbacks, experiment, layers, models
 from ice_tf.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-import experiment_flags  # noqa: E402
+from ice_tf.cli import experiment_flags  # noqa: E402
 
 
 def _fit(head, loss, tmp_path, epochs=2, directory="analysis"):

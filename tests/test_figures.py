@@ -296,7 +296,7 @@ def test_run_folders_and_missing_runs(tmp_path):
             plotting.run_folders(run_specs=bad)
     with pytest.raises(FileNotFoundError) as error:
         plotting.check_run_folders({"ce": str(tmp_path / "ce")}, ("model.keras",))
-    assert "python scripts/compare.py --flagfile=flags/demo.flags" in str(error.value)
+    assert "ice-tf demo" in str(error.value)
     assert str(tmp_path / "ce" / "model.keras") in str(error.value)
 
 

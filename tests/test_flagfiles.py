@@ -7,11 +7,10 @@ import sys
 import pytest
 from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-
-import experiment_flags  # noqa: E402
 from ice_tf import experiment  # noqa: E402
+from ice_tf.cli import experiment_flags, flagfiles  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RUNNABLE = sorted(
     glob.glob(os.path.join(REPO, "flags", "experiments", "*.flags"))
@@ -27,14 +26,10 @@ def flag_values():
 
 
 def parse(flag_values, path, *extra):
-    """Parses a flag file as a script would (nested paths relative to the repository)."""
+    """Parses a flag file as a command does, from another directory than the repository
+    (nested flag files resolve relative to the including file)."""
     flag_values.unparse_flags()
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        flag_values(["test", f"--flagfile={os.path.relpath(path, REPO)}", *extra])
-    finally:
-        os.chdir(cwd)
+    flag_values(flagfiles.expand(["test", f"--flagfile={path}", *extra], cwd="/"))
     return experiment_flags.config_from_flags(flag_values)
 
 

@@ -9,6 +9,9 @@ one of four kinds of source:
 - **files** (pass `path`): `image_folder` (iSUN, LSUN-C, LSUN-R ...), `npy` (300K Random
   Images), `tiny_images` (80M Tiny Images `.bin`, with OE's CIFAR exclusion list).
 - **synthetic**: `gaussian`, `rademacher`, `blobs` (Outlier Exposure's noise sets).
+- **a user's own labelled set** as the in-distribution set: `image_folder:PATH` (one
+  subfolder per class), `npz:PATH`, or arrays registered with `register_labelled(name, ...)`
+  (`ice_tf.data.labelled`); `describe(name)` gives its classes and normalisation.
 - **a user's own arrays or datasets**: `with_outliers((x, y), x_outliers)` and `batched((x, y))`
   make `OODModel` batches of them (`ice_tf.data.user`).
 - **embedded** (ships with the package, runs offline): `embedded_fashion_mnist`, the near-OOD
@@ -33,7 +36,8 @@ from ice_tf.data.pipeline import (
     make_train_dataset,
     prepare,
 )
-from ice_tf.data.registry import DatasetInfo, get_info, names, normalization
+from ice_tf.data.registry import (DatasetInfo, describe, get_info, names, normalization,
+                                  register_labelled)
 from ice_tf.data.user import batched, image_shape_of, images_only, num_classes_of, with_outliers
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "augment",
     "batched",
     "count",
+    "describe",
     "get_info",
     "image_shape_of",
     "images_only",
@@ -52,5 +57,6 @@ __all__ = [
     "normalization",
     "num_classes_of",
     "prepare",
+    "register_labelled",
     "with_outliers",
 ]

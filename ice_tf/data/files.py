@@ -67,7 +67,7 @@ _PNG_END = b"IEND\xaeB`\x82"
 _TAIL_BYTES = 2048  # where a complete JPEG's end-of-image marker must lie
 
 
-def _image_file_problem(file_path):
+def image_file_problem(file_path):
     """Why `file_path` is not a complete image of the type its contents claim, or None.
 
     Reads the first and last bytes only: a truncated PNG lacks its IEND chunk, a
@@ -102,7 +102,7 @@ def check_image_files(folder):
     Example:
       check_image_files("/data/iSUN")  # ['/data/iSUN/x.jpg is a truncated JPEG (no end marker)']
     """
-    return [problem for problem in map(_image_file_problem, list_images(folder)) if problem]
+    return [problem for problem in map(image_file_problem, list_images(folder)) if problem]
 
 
 class ImageFolderSource:
@@ -161,6 +161,33 @@ class NpySource:
                 f"Dataset {dataset_name!r}: images in {path!r} have {images.shape[-1]} channels; "
                 "expected 1 or 3 (channels last)."
             )
+        indices = subsample_indices(len(images), options.limit, options.seed)
+        return from_arrays(images, None, indices=indices)
+
+
+class NpzImagesSource:
+    """The images of a `.npz` (`x_test`, `x`, `images`, `test_images`, or its only array),
+    uint8 (N, H, W[, C]); label -1. For OOD sets a user keeps as arrays.
+
+    Example: `load("npz", "test", path="my_ood.npz")`.
+    """
+
+    KEYS = ("x_test", "test_images", "x", "images")
+
+    def open(self, split, options, *, dataset_name):
+        path = _require_path(options, dataset_name, "a .npz of uint8 images")
+        with np.load(path, allow_pickle=False) as archive:
+            keys = [k for k in self.KEYS if k in archive.files] or (
+                archive.files if len(archive.files) == 1 else [])
+            if not keys:
+                raise ValueError(
+                    f"Dataset {dataset_name!r}: {path!r} holds {', '.join(archive.files)}; name "
+                    f"the images one of {', '.join(self.KEYS)} (or store only them).")
+            images = archive[keys[0]]
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(
+                f"Dataset {dataset_name!r}: {path!r} holds {images.dtype} of shape "
+                f"{images.shape}; expected uint8 images (N, H, W, C) or (N, H, W).")
         indices = subsample_indices(len(images), options.limit, options.seed)
         return from_arrays(images, None, indices=indices)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ice_tf.data import embedded, files, synthetic
+from ice_tf.data import embedded, files, labelled, synthetic
 from ice_tf.data.tfds_sources import TfdsSource
 
-KINDS = ("tfds", "files", "synthetic", "embedded")
+KINDS = ("tfds", "files", "synthetic", "embedded", "user")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,8 @@ class DatasetInfo:
 
     Attributes:
       name: the registry name.
-      kind: "tfds", "files", "synthetic" or "embedded".
+      kind: "tfds", "files", "synthetic", "embedded", or "user" (a labelled set of the
+        user's: `register_labelled`, or a spec image_folder:PATH / npz:PATH).
       num_classes: number of classes of the labels it yields; None for sets whose labels are
         all -1 (OOD-only sets).
       image_shape: native (H, W, C), or None where sizes vary or are chosen by the caller.
@@ -122,6 +123,11 @@ _register("npy", "files", files.NpySource(), num_classes=None, image_shape=None,
           splits=_FILE_SPLITS, uses_path=True,
           description="A .npy array of uint8 images (N, H, W, C) or (N, H, W) at `path`, e.g. "
                       "300K Random Images. Both splits read the whole array.")
+_register("npz", "files", files.NpzImagesSource(), num_classes=None, image_shape=None,
+          splits=_FILE_SPLITS, uses_path=True,
+          description="The uint8 images of a .npz at `path` (x_test, test_images, x, images, or "
+                      "its only array), label -1; as an in-distribution set, `npz:PATH` "
+                      "reads images with labels instead (ice_tf.data.labelled).")
 _register("tiny_images", "files", files.TinyImagesSource(), num_classes=None,
           image_shape=files.TINY_IMAGE_SHAPE, splits=_FILE_SPLITS, uses_path=True,
           uses_exclusions=True,
@@ -200,9 +206,70 @@ def names():
 
 
 def _entry(name):
+    if name not in _REGISTRY and labelled.is_spec(name):
+        _add_labelled(name, labelled.read_spec(name), f"The user's labelled set at {name}.")
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown dataset {name!r}; valid datasets: {', '.join(names())}.")
+        raise ValueError(
+            f"Unknown dataset {name!r}; valid datasets: {', '.join(names())}, or a labelled "
+            "set of your own: image_folder:PATH (one subfolder per class) or npz:PATH.")
     return _REGISTRY[name]
+
+
+_USER_ARRAYS: dict[str, labelled.LabelledArrays] = {}
+
+
+def _add_labelled(name, arrays, description):
+    _register(name, "user", labelled.ArraysSource(arrays), num_classes=arrays.num_classes,
+              image_shape=arrays.image_shape, splits=labelled.SPLITS, description=description,
+              flip=arrays.flip)
+    _NORMALIZATION[name] = arrays.normalization
+    _USER_ARRAYS[name] = arrays
+
+
+def register_labelled(name, x_train, y_train, x_test=None, y_test=None, x_val=None, y_val=None,
+                      class_names=None, flip=True, description=None):
+    """Registers a labelled in-distribution set of the user's arrays under `name`, so that
+    configs, `make_train_dataset` and `make_eval_dataset` use it like a built-in set.
+
+    Images: uint8 (N, H, W[, C]) or floats in [0, 1]; labels 0..K-1 or one-hot. A missing
+    test or validation split is carved by a fixed seed (`ice_tf.data.labelled`); the
+    normalisation is computed from the training split. Registering a name again replaces it.
+
+    Example:
+      register_labelled("my_set", x_train, y_train, x_test, y_test, class_names=names)
+      config = ExperimentConfig(in_dataset="my_set", backbone="small_cnn")
+    """
+    if not name or ":" in name:
+        raise ValueError(f"dataset name {name!r} must be non-empty and contain no ':'.")
+    if name in _REGISTRY and _REGISTRY[name].info.kind != "user":
+        raise ValueError(f"{name!r} is a built-in dataset; register yours under another name.")
+    splits = {"train": (x_train, y_train)}
+    for split, (x, y) in (("val", (x_val, y_val)), ("test", (x_test, y_test))):
+        if (x is None) != (y is None):
+            raise ValueError(f"give both x_{split} and y_{split}, or neither.")
+        if x is not None:
+            splits[split] = (x, y)
+    arrays = labelled.LabelledArrays.from_arrays(splits, class_names, f"dataset {name!r}", flip)
+    _add_labelled(name, arrays, description or f"The user's labelled set {name!r}.")
+    return get_info(name)
+
+
+def describe(name):
+    """What a run folder stores of its in-distribution set (dataset.json): name, kind,
+    classes, image shape, normalisation, and for a user's set its splits' sizes and origin.
+
+    Example:
+      describe("npz:mine.npz")["class_names"]  # ['airplane', ...]
+    """
+    info = get_info(name)
+    if name in _USER_ARRAYS:
+        return {"name": name, "kind": info.kind, **_USER_ARRAYS[name].describe()}
+    record = {"name": name, "kind": info.kind, "num_classes": info.num_classes,
+              "image_shape": list(info.image_shape) if info.image_shape else None}
+    if name in _NORMALIZATION:
+        mean, std = _NORMALIZATION[name]
+        record["normalization"] = {"mean": list(mean), "std": list(std)}
+    return record
 
 
 def get_info(name):

@@ -29,13 +29,12 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/
 
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-import experiment_flags  # noqa: E402
+from ice_tf.cli import experiment_flags, runner  # noqa: E402
 from ice_tf import plotting  # noqa: E402
 
 flags.DEFINE_string("runs_dir", "runs/demo", "Folder of a comparison: <runs_dir>/<method>/seed<run_seed>.")
@@ -162,4 +161,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runner.run(main, __doc__)

@@ -1,28 +1,35 @@
-"""absl flags for `ExperimentConfig`, shared by the scripts.
+"""absl flags for `ExperimentConfig`, shared by the commands (`ice-tf train`, ...).
 
 One flag per config field (same name), so flag files, `config.json` and the
 Python API use the same vocabulary. `config_from_flags` turns parsed flags into
-the frozen config once; a validator rejects bad values at parse time with the
-config's own message.
+the frozen config once and validates it: a bad value is one `ValueError` that names
+the flag (`--loss_weight ...`) and the fix, before any data is read. `GROUPS` sorts
+the flags for `--helpshort`.
+
+Example:
+  define_flags()                      # at import time of a command
+  config = config_from_flags(FLAGS)   # in its main, after parsing
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import logging as std_logging
 import os
 import sys
 import typing
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from ice_tf import backbones, losses, run_folder
 from ice_tf.config import ExperimentConfig
 
 _METHODS = ", ".join(losses.names())
 HELP = {
-    "in_dataset": "In-distribution dataset (see ice_tf.data.names()).",
+    "in_dataset": "In-distribution dataset: a registered name (ice_tf.data.names()), "
+                  "image_folder:PATH (one subfolder per class) or npz:PATH (images and labels).",
     "outlier_dataset": "Auxiliary outlier dataset for OE/Energy/ICE (e.g. embedded_outliers, tiny_images, imagenet32).",
     "outlier_path": "File or folder of a file-based outlier dataset (tiny_images .bin, .npy, image folder).",
     "outlier_exclude_path": "Text file of outlier indices to skip (OE's 80mn_cifar_idxs.txt).",
@@ -40,7 +47,9 @@ HELP = {
         f"{n} {losses.spec(n).default_head}" for n in losses.names()) + "), linear or gaussian.",
     "score": "OOD score for evaluation; unset = the method's own (" + ", ".join(
         f"{n} {losses.spec(n).default_score}" for n in losses.names()) + ").",
-    "backbone": f"Backbone: {', '.join(backbones.names())}.",
+    "backbone": f"Backbone: {', '.join(backbones.names())}, or PATH.keras: a Keras classifier "
+                "(fine-tuned after conversion with the finetune schedule) or feature extractor "
+                "(trained from fresh weights with the scratch schedule).",
     "dropout_rate": "Backbone dropout; unset = the backbone's default.",
     "schedule": "scratch or finetune (from init_checkpoint).",
     "init_checkpoint": "A .keras model to fine-tune from (finetune schedule).",
@@ -73,6 +82,30 @@ HELP = {
 }
 
 
+# --helpshort's sections: every config field in one (tests check that none is missing).
+GROUPS = {
+    "data": ("in_dataset", "outlier_dataset", "outlier_path", "outlier_exclude_path",
+             "ood_datasets", "data_dir", "download", "limit_train"),
+    "method": ("loss", "loss_weight", "margin_in", "margin_out", "head", "score", "backbone",
+               "dropout_rate"),
+    "schedule": ("schedule", "init_checkpoint", "epochs", "learning_rate", "min_learning_rate",
+                 "momentum", "weight_decay", "batch_in", "batch_out", "augment", "seed",
+                 "deterministic", "checkpoint_steps", "strategy", "mixed_precision"),
+    "evaluation": ("protocol", "eval_draws", "eval_batch_size", "eval_limit", "eval_split",
+                   "analyses", "analysis_probe_size"),
+    "output": ("output_dir", "export", "dry_run", "overwrite"),
+}
+
+
+def group_of(name):
+    """The `GROUPS` section of a flag, or None for a command's own flags.
+
+    Example:
+      group_of("loss_weight")  # 'method'
+    """
+    return next((group for group, names in GROUPS.items() if name in names), None)
+
+
 def _base_type(field_type):
     args = [a for a in typing.get_args(field_type) if a is not type(None)]
     return args[0] if typing.get_origin(field_type) is typing.Union else field_type
@@ -83,11 +116,12 @@ def _field_types():
     return {field.name: _base_type(hints[field.name]) for field in dataclasses.fields(ExperimentConfig)}
 
 
-def define_flags(exclude=(), flag_values=flags.FLAGS, shared_among_methods=False):
-    """Defines one absl flag per ExperimentConfig field (except `exclude`).
+def define_flags(exclude=(), flag_values=flags.FLAGS):
+    """Defines one absl flag per ExperimentConfig field (except `exclude`); values are
+    checked by `config_from_flags`, once, after parsing.
 
-    With `shared_among_methods` (scripts/compare.py) the flags are checked without the
-    method fields that `--loss` does not take: each compared method takes its own.
+    Example:
+      define_flags(exclude=("dry_run",))
     """
     types = _field_types()
     for field in dataclasses.fields(ExperimentConfig):
@@ -104,22 +138,6 @@ def define_flags(exclude=(), flag_values=flags.FLAGS, shared_among_methods=False
             flags.DEFINE_list(field.name, list(default), help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
-
-    names = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in exclude]
-
-    def _valid(values):
-        try:
-            config = _config_from_values(values)
-            if shared_among_methods:
-                config = config.for_loss(config.loss)
-            config.validate()
-        except ValueError as error:
-            raise flags.ValidationError(str(error)) from None
-        return True
-
-    flags.register_multi_flags_validator(
-        names, _valid, message="invalid experiment flags", flag_values=flag_values
-    )
 
 
 def _config_from_values(values):
@@ -140,18 +158,59 @@ def config_from_flags(flag_values=flags.FLAGS, shared_among_methods=False, **ove
     """
     names = _field_types()
     values = {name: flag_values[name].value for name in names if name in flag_values}
-    config = _config_from_values(values).replace(**overrides)
-    if shared_among_methods:
-        config.for_loss(config.loss).validate()
-        return config
-    return config.validate()
+    try:
+        config = _config_from_values(values).replace(**overrides)
+        if shared_among_methods:
+            config.for_loss(config.loss).validate()
+            return config
+        return config.validate()
+    except ValueError as error:
+        raise ValueError(flag_message(str(error), flag_values)) from None
+
+
+_LEADING_FIELD = re.compile(r"^([a-z_]+)(?=[= (,]|$)")
+
+
+def flag_message(message, flag_values=flags.FLAGS):
+    """A config error as a command line user reads it: the field it starts with named as
+    the flag, and a pointer to --helpshort.
+
+    Example:
+      flag_message("epochs must be >= 1, got 0.")
+      # '--epochs must be >= 1, got 0. (--helpshort lists the flags)'
+    """
+    first = message.strip().splitlines()[0] if message.strip() else message
+    match = _LEADING_FIELD.match(first)
+    if match and match.group(1) in flag_values:
+        first = "--" + first
+    return f"{first} (--helpshort lists the flags)"
+
+
+def applicable_fields(config):
+    """The config fields that matter to `config`'s method: all but the method
+    hyperparameters (`config.METHOD_FIELDS`) that its loss does not take.
+
+    Example:
+      "margin_in" in applicable_fields(ExperimentConfig(loss="ice"))  # False
+    """
+    from ice_tf.config import METHOD_FIELDS
+
+    taken = config.method.hyperparameters
+    return [name for name in _field_types()
+            if name not in METHOD_FIELDS or METHOD_FIELDS[name] in taken]
 
 
 def to_flagfile(config):
-    """A flag file that re-runs `config` (absl syntax: no quoting, no trailing comments)."""
+    """A flag file that re-runs `config` (absl syntax: no quoting, no trailing comments),
+    with only the flags that apply to its method (`applicable_fields`).
+
+    Example:
+      open("flags.txt", "w").write(to_flagfile(config))
+    """
     lines = []
+    applicable = set(applicable_fields(config))
     for key, value in config.to_dict().items():
-        if value is None:
+        if value is None or key not in applicable:
             continue
         if isinstance(value, bool):
             lines.append(f"--{key}" if value else f"--no{key}")
@@ -198,7 +257,8 @@ def define_run_flags(flag_values=flags.FLAGS):
 
 
 # What a user can fix: printed as one line, without a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, run_folder.RunFolderError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, run_folder.RunFolderError,
+               app.UsageError)
 
 
 def one_line_errors(main):
@@ -250,10 +310,15 @@ def detector_options(flag_values=flags.FLAGS):
                 mahalanobis_epsilon=flag_values.mahalanobis_epsilon, refit=flag_values.refit)
 
 
-def fit_if_needed(detector, model, config):
-    """Fits (or loads) a post-hoc detector's statistics on the run's training images."""
+def fit_if_needed(detector, model, config, adapt=None):
+    """Fits (or loads) a post-hoc detector's statistics on the run's training images
+    (`adapt`: see `ice_tf.run_data.make_eval_data`).
+
+    Example:
+      fit_if_needed(detectors.for_run("mahalanobis", config, model_path), model, config)
+    """
     from ice_tf import run_data
 
     if detector.needs_fit:
-        detector.fit(model, run_data.statistics_data(config))
+        detector.fit(model, run_data.statistics_data(config, adapt))
     return detector

@@ -1,0 +1,116 @@
+"""How every ice-tf command starts: flag files expanded, help, flags parsed, errors in one line.
+
+`run(main, doc)` replaces `absl.app.run(main)`:
+1. `--flagfile=` arguments are expanded by `flagfiles.expand` (nested files relative to the
+   including file; shipped names such as `demo` from any directory);
+2. `--help`, `-h` and `--helpshort` print the command's usage and its flags grouped as
+   data, method, schedule, evaluation, output (`experiment_flags.GROUPS`) and the command's
+   own, each with its default (`--helpfull` is absl's full list);
+3. a flag absl rejects (unknown name, bad type) is one line, `error: flag --epochs=abc: ...`,
+   exit status 1, as are the user errors `main` raises (`experiment_flags.one_line_errors`).
+
+Example:
+  if __name__ == "__main__":
+      runner.run(main, __doc__)
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+from absl import app, flags
+
+from ice_tf.cli import experiment_flags, flagfiles
+
+HELP_ARGS = ("-h", "-help", "--help", "-helpshort", "--helpshort", "-?")
+_FOREIGN_MODULES = ("absl", "tensorflow", "keras", "tensorboard", "tensorflow_datasets")
+
+
+def _fail(text):
+    sys.stderr.write(f"error: {' '.join(text.split())}\n")
+    sys.exit(1)
+
+
+def _project_flags(flag_values):
+    """The flags a command defines (its own and the experiment flags), not absl's."""
+    found = {}
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if module.startswith(_FOREIGN_MODULES):
+            continue
+        for flag in module_flags:
+            found[flag.name] = flag
+    return found
+
+
+def _describe(flag):
+    default = flag.default_as_str if flag.default is not None else "unset"
+    if isinstance(flag, flags.BooleanFlag):
+        default = str(bool(flag.default)).lower()
+    help_text = textwrap.fill(flag.help or "", width=88, initial_indent="      ",
+                              subsequent_indent="      ")
+    return f"  --{flag.name} (default: {default})\n{help_text}"
+
+
+def grouped_help(flag_values, doc="", command=""):
+    """The text `--helpshort` prints: the usage from `doc`, then the project's flags by group.
+
+    Example:
+      print(grouped_help(flags.FLAGS, __doc__, "ice-tf train"))
+    """
+    project = _project_flags(flag_values)
+    sections = {group: [] for group in experiment_flags.GROUPS}
+    own = []
+    for name in sorted(project):
+        group = experiment_flags.group_of(name)
+        (sections[group] if group else own).append(project[name])
+    parts = [doc.strip(), ""] if doc else []
+    if own:
+        parts.append(f"{command or 'command'} flags:")
+        parts += [_describe(flag) for flag in own]
+        parts.append("")
+    for group, members in sections.items():
+        if members:
+            parts.append(f"{group} flags:")
+            ordered = sorted(members, key=lambda f: experiment_flags.GROUPS[group].index(f.name))
+            parts += [_describe(flag) for flag in ordered]
+            parts.append("")
+    parts.append("Flag files: --flagfile=PATH or a shipped name (demo, method/ice, ...); "
+                 "--helpfull lists every flag, absl's too.")
+    return "\n".join(parts) + "\n"
+
+
+def parse(argv, flag_values=flags.FLAGS, doc="", command=""):
+    """Expands flag files, answers --help/--helpshort, parses; returns the remaining
+    arguments (absl's contract). Exits with status 1 and one line on a bad flag.
+
+    Example:
+      parse(["ice-tf train", "--flagfile=demo", "--loss=ice"])  # ['ice-tf train']
+    """
+    try:
+        argv = flagfiles.expand(argv)
+    except flagfiles.FlagFileError as error:
+        _fail(str(error))
+    if any(arg in HELP_ARGS or arg.startswith("--helpshort=") for arg in argv[1:]):
+        sys.stdout.write(grouped_help(flag_values, doc, command))
+        sys.exit(0)
+    try:
+        return flag_values(argv)
+    except flags.Error as error:
+        _fail(f"{str(error).strip().splitlines()[0]} (--helpshort lists the flags)")
+
+
+def run(main, doc="", argv=None, command=None):
+    """Runs a command's `main` as `absl.app.run` would, through `parse` and with user
+    errors as one line (`experiment_flags.one_line_errors`).
+
+    Example:
+      runner.run(main, __doc__)
+    """
+    argv = list(sys.argv if argv is None else argv)
+    command = command or argv[0]
+    app.run(experiment_flags.one_line_errors(main), argv=argv,
+            flags_parser=lambda args: parse(args, flags.FLAGS, doc, command))
+
+
+__all__ = ["run", "parse", "grouped_help", "HELP_ARGS"]

@@ -42,7 +42,11 @@ ANALYSIS_DIR = run_folder.ANALYSIS_DIR
 
 
 def analysis_path(run_dir, name):
-    """<run_dir>/analysis/<name>.jsonl, the file the analysis `name` appends to."""
+    """<run_dir>/analysis/<name>.jsonl, the file the analysis `name` appends to.
+
+    Example:
+      analysis_path("runs/demo/ice/seed1", "shift")  # .../analysis/shift.jsonl
+    """
     if name not in ANALYSES:
         raise ValueError(f"Unknown analysis {name!r}; valid analyses: {', '.join(ANALYSES)}.")
     return os.path.join(run_dir, ANALYSIS_DIR, f"{name}.jsonl")
@@ -66,6 +70,9 @@ def auxiliary_gradients(loss, labels, outputs_in, outputs_out):
 
     Returns:
       (grad_in (N_in, K), grad_out (N_out, K)) float64 numpy arrays.
+
+    Example:
+      grad_in, grad_out = auxiliary_gradients(loss, labels, outputs_in, outputs_out)
     """
     import tensorflow as tf
 
@@ -114,6 +121,9 @@ def contradictory_masks(labels, grad_in, grad_out, tolerance=GRADIENT_TOLERANCE)
 
     Returns:
       (mask_in (N_in, K) bool, False on every target class; mask_out (N_out, K) bool).
+
+    Example:
+      masks = contradictory_masks(labels, grad_in, grad_out)  # (n_in, K) booleans
     """
     grad_in, labels = _rows_with_labels(grad_in, labels, "grad_in must be (N_in, K)")
     grad_out = np.asarray(grad_out, np.float64)
@@ -136,6 +146,9 @@ def contradictory_fractions(loss, labels, outputs_in, outputs_out, tolerance=GRA
     Expected (tests check each): `ce`, `bce`, `ice` and `ice_minus` give 0 everywhere; OE
     raises exactly the outlier classes with softmax < 1/K; Energy raises every
     non-target class of an in-distribution sample with E(x) > m_in, and no outlier class.
+
+    Example:
+      fractions = contradictory_fractions(losses.get("oe"), labels, logits_in, logits_out)
     """
     grad_in, grad_out = auxiliary_gradients(loss, labels, outputs_in, outputs_out)
     mask_in, mask_out = contradictory_masks(labels, grad_in, grad_out, tolerance)
@@ -151,7 +164,11 @@ def contradictory_fractions(loss, labels, outputs_in, outputs_out, tolerance=GRA
 
 # ---------------------------------------------------------------- distribution shift
 def class_centres(features, labels, num_classes):
-    """(K, d) float64 per-class means of `features`; NaN rows for absent classes."""
+    """(K, d) float64 per-class means of `features`; NaN rows for absent classes.
+
+    Example:
+      centres = class_centres(features, labels, num_classes=10)  # (10, d)
+    """
     features, labels = _rows_with_labels(features, labels, "features must be (N, d)")
     return gda.class_means(features, labels, num_classes)
 
@@ -170,6 +187,9 @@ def distribution_shift(features_in, labels, features_out, num_classes,
        "overlap": share of outliers with min_k ||z̃_j - μ_k|| <= the `quantile` of the
                   in-distribution distances ||z_i - μ_{y_i}||,
        "centre_separation": mean ||μ_k - μ_l|| over pairs of classes k < l}.
+
+    Example:
+      shift = distribution_shift(features_in, labels, features_out, num_classes=10)
     """
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must lie in (0, 1], got {quantile}.")
@@ -202,7 +222,11 @@ def distribution_shift(features_in, labels, features_out, num_classes,
 
 # ------------------------------------------------------------------------ confidence
 def confidence_histogram(confidence, bins=CONFIDENCE_BINS):
-    """Counts of `confidence` in `bins` equal bins of [0, 1] (1.0 in the last bin)."""
+    """Counts of `confidence` in `bins` equal bins of [0, 1] (1.0 in the last bin).
+
+    Example:
+      counts = confidence_histogram(np.exp(outputs.max(-1)), bins=20)
+    """
     values = np.asarray(confidence, np.float64).reshape(-1)
     if not np.all(np.isfinite(values)):
         raise ValueError("confidence values must be finite.")
@@ -211,7 +235,11 @@ def confidence_histogram(confidence, bins=CONFIDENCE_BINS):
 
 
 def confidence_summary(confidence, quantiles=CONFIDENCE_QUANTILES):
-    """{"mean", "q05", "q25", "q50", ...}: the mean and quantiles of `confidence`."""
+    """{"mean", "q05", "q25", "q50", ...}: the mean and quantiles of `confidence`.
+
+    Example:
+      confidence_summary(np.array([0.1, 0.5, 0.9]))["median"]  # 0.5
+    """
     values = np.asarray(confidence, np.float64).reshape(-1)
     if values.size == 0:
         raise ValueError("confidence_summary needs at least one value.")
@@ -223,13 +251,21 @@ def confidence_summary(confidence, quantiles=CONFIDENCE_QUANTILES):
 
 # -------------------------------------------------------------------------------- I/O
 def read_jsonl(path):
-    """The JSON records of a .jsonl file, one per line (blank lines skipped)."""
+    """The JSON records of a .jsonl file, one per line (blank lines skipped).
+
+    Example:
+      records = read_jsonl("runs/demo/ice/seed1/analysis/shift.jsonl")
+    """
     with open(path) as stream:
         return [json.loads(line) for line in stream if line.strip()]
 
 
 def read_analyses(run_dir):
-    """{analysis name: [records by epoch]} for the analysis files a run folder holds."""
+    """{analysis name: [records by epoch]} for the analysis files a run folder holds.
+
+    Example:
+      analyses = read_analyses("runs/demo/ice/seed1")  # {"shift": [...], ...}
+    """
     found = {}
     for name in ANALYSES:
         path = analysis_path(run_dir, name)
@@ -263,7 +299,11 @@ def _lookup(record, keys):
 
 def summary_rows(analyses):
     """One row per epoch, {"epoch": e, header: value or None} for `SUMMARY_COLUMNS`,
-    from `read_analyses` output (values scaled, e.g. fractions to percentages)."""
+    from `read_analyses` output (values scaled, e.g. fractions to percentages).
+
+    Example:
+      rows = summary_rows(read_analyses("runs/demo/ice/seed1"))
+    """
     by_epoch = {}
     for name, records in analyses.items():
         for record in records:
@@ -284,6 +324,9 @@ def summary_markdown(runs):
     Args:
       runs: {label: `read_analyses(run_dir)`}, in the order the rows should follow.
     Columns without any value in any run are left out.
+
+    Example:
+      print(summary_markdown({"ice": read_analyses("runs/demo/ice/seed1")}))
     """
     rows = {label: summary_rows(analyses) for label, analyses in runs.items()}
     columns = [

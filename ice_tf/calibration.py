@@ -37,6 +37,10 @@ class ReliabilityBins(NamedTuple):
     """Per-bin statistics of a reliability diagram (arrays of length num_bins).
 
     `mean_confidence` and `frequency` are NaN for empty bins.
+
+    Example:
+      bins = reliability_bins(confidence, is_in)
+      print(bins.frequency[bins.count > 0])
     """
 
     edges: np.ndarray            # (num_bins + 1,) bin edges, 0 ... 1
@@ -69,6 +73,9 @@ def validate(confidence, is_in):
     """(confidence, is_in) as float64 arrays of shape (N,), N >= 1, or a ValueError.
 
     confidence must be finite and in [0, 1]; is_in must hold only 0/1 (or booleans).
+
+    Example:
+      confidence, is_in = validate([0.9, 0.2], [True, False])
     """
     confidence = np.asarray(confidence)
     is_in = np.asarray(is_in)
@@ -101,13 +108,21 @@ def validate(confidence, is_in):
 
 def bin_edges(num_bins=15):
     """Edges k / num_bins, k = 0..num_bins, each the correctly rounded quotient
-    (np.linspace's k * (1 / num_bins) misses some of them by an ulp)."""
+    (np.linspace's k * (1 / num_bins) misses some of them by an ulp).
+
+    Example:
+      bin_edges(4)  # array([0., 0.25, 0.5, 0.75, 1.])
+    """
     num_bins = _check_num_bins(num_bins)
     return np.arange(num_bins + 1) / num_bins
 
 
 def bin_index(confidence, num_bins=15):
-    """Bin of each confidence: k with edges[k] <= c < edges[k + 1]; c = 1 goes to the last bin."""
+    """Bin of each confidence: k with edges[k] <= c < edges[k + 1]; c = 1 goes to the last bin.
+
+    Example:
+      bin_index(np.array([0.0, 0.3, 1.0]), num_bins=4)  # array([0, 1, 3])
+    """
     num_bins = _check_num_bins(num_bins)
     edges = bin_edges(num_bins)
     # searchsorted against the same edges array as the definition, so a value on an
@@ -117,7 +132,11 @@ def bin_index(confidence, num_bins=15):
 
 
 def reliability_bins(confidence, is_in, num_bins=15):
-    """Per-bin count, mean confidence and observed in-distribution frequency."""
+    """Per-bin count, mean confidence and observed in-distribution frequency.
+
+    Example:
+      bins = reliability_bins(confidence, is_in, num_bins=15)
+    """
     num_bins = _check_num_bins(num_bins)
     confidence, is_in = validate(confidence, is_in)
     index = bin_index(confidence, num_bins)
@@ -142,25 +161,41 @@ def _gaps(bins):
 
 
 def expected_calibration_error(confidence, is_in, num_bins=15):
-    """ECE = Σ_k (n_k / N) |freq_k - conf_k| over equal-width bins (last bin closed)."""
+    """ECE = Σ_k (n_k / N) |freq_k - conf_k| over equal-width bins (last bin closed).
+
+    Example:
+      expected_calibration_error(np.array([0.9, 0.1]), np.array([True, False]))
+    """
     gaps, counts = _gaps(reliability_bins(confidence, is_in, num_bins))
     return float(np.sum(counts * gaps) / np.sum(counts))
 
 
 def maximum_calibration_error(confidence, is_in, num_bins=15):
-    """MCE = max over non-empty bins of |freq_k - conf_k|."""
+    """MCE = max over non-empty bins of |freq_k - conf_k|.
+
+    Example:
+      maximum_calibration_error(confidence, is_in, num_bins=15)
+    """
     gaps, _ = _gaps(reliability_bins(confidence, is_in, num_bins))
     return float(gaps.max())
 
 
 def brier_score(confidence, is_in):
-    """Mean squared error of the confidence as a probability of is_in = 1."""
+    """Mean squared error of the confidence as a probability of is_in = 1.
+
+    Example:
+      brier_score(np.array([1.0, 0.0]), np.array([True, False]))  # 0.0
+    """
     confidence, is_in = validate(confidence, is_in)
     return float(np.mean((confidence - is_in) ** 2))
 
 
 def calibration_metrics(confidence, is_in, num_bins=15):
-    """ECE, MCE, Brier, sample counts, base rate and mean confidences (ID / OOD), as a dict."""
+    """ECE, MCE, Brier, sample counts, base rate and mean confidences (ID / OOD), as a dict.
+
+    Example:
+      calibration_metrics(confidence, is_in)  # {"ece": ..., "mce": ..., "brier": ...}
+    """
     confidence, is_in = validate(confidence, is_in)
     bins = reliability_bins(confidence, is_in, num_bins)
     gaps, counts = _gaps(bins)
@@ -225,6 +260,9 @@ def mixture_indices(num_in, num_out_by_set, ood_fraction=0.5, seed=0):
 
     Returns:
       (in_indices, {label: out_indices}).
+
+    Example:
+      in_index, out_index = mixture_indices(1000, {"svhn": 500, "noise": 500})
     """
     if not isinstance(num_out_by_set, Mapping) or not num_out_by_set:
         raise ValueError("num_out_by_set must be a non-empty mapping label -> set size.")
@@ -257,7 +295,11 @@ def mixture_indices(num_in, num_out_by_set, ood_fraction=0.5, seed=0):
 
 
 def mixture(confidence_in, confidence_out_by_set, ood_fraction=0.5, seed=0):
-    """(confidence, is_in) of the mixture that `mixture_indices` defines, ID samples first."""
+    """(confidence, is_in) of the mixture that `mixture_indices` defines, ID samples first.
+
+    Example:
+      confidence, is_in = mixture(conf_in, {"svhn": conf_svhn}, ood_fraction=0.5)
+    """
     confidence_in = np.asarray(confidence_in)
     outs = {label: np.asarray(values) for label, values in confidence_out_by_set.items()}
     in_indices, out_indices = mixture_indices(

@@ -40,7 +40,11 @@ POOLED_OOD = "all"  # key of the pooled OOD sets in ConfidenceHistory records
 
 
 def probe_outputs(model, images, batch_size=DEFAULT_PROBE_BATCH):
-    """(features (N, d), head outputs (N, K)) float64 of `model` on `images`, in inference mode."""
+    """(features (N, d), head outputs (N, K)) float64 of `model` on `images`, in inference mode.
+
+    Example:
+      outputs = probe_outputs(model, x_probe, batch_size=256)  # numpy (n, K)
+    """
     images = np.asarray(images)
     if images.shape[0] == 0:
         raise ValueError("a probe set needs at least one image.")
@@ -283,6 +287,11 @@ class ProbeCallback(keras.callbacks.Callback):
       start_epoch: a resumed run's first epoch: the file keeps its records up to it (and
         `history` is read back from them); later ones, written before the stop, go.
       resumed: the run resumes (also within its first epoch, where start_epoch is 0).
+
+    Example:
+      class MyProbe(ProbeCallback):
+          def measure(self):
+              return {"mean_weight": float(np.mean(self.model.head.get_weights()[0]))}
     """
 
     def __init__(self, path=None, batch_size=DEFAULT_PROBE_BATCH, measure_before_training=True,
@@ -299,6 +308,7 @@ class ProbeCallback(keras.callbacks.Callback):
         self._file_started = False
 
     def measure(self):
+        """The record of one measurement (a dict of JSON values); subclasses define it."""
         raise NotImplementedError
 
     def on_train_begin(self, logs=None):
@@ -354,6 +364,10 @@ class ContradictoryGradientMeter(ProbeCallback):
       path: the .jsonl file (see `ProbeCallback`).
       loss: the loss whose auxiliary terms are measured; default: the model's compiled loss.
       tolerance: see `analysis.GRADIENT_TOLERANCE`.
+
+    Example:
+      meter = ContradictoryGradientMeter(x_in, y_in, x_out, path="runs/x/analysis/gradient_meter.jsonl")
+      model.fit(train, epochs=10, callbacks=[meter])
     """
 
     def __init__(self, probe_in, probe_labels, probe_out, path=None, loss=None,
@@ -365,6 +379,7 @@ class ContradictoryGradientMeter(ProbeCallback):
         self.tolerance = float(tolerance)
 
     def measure(self):
+        """The fractions of contradictory gradient entries on the probe sets (Eqs. 0.6-0.7)."""
         loss = self.loss if self.loss is not None else self.model.ood_loss
         if loss is None:
             raise RuntimeError("compile the model with a loss, or pass loss=, before training.")
@@ -386,6 +401,10 @@ class DistributionShiftTracker(ProbeCallback):
       probe_out: outlier images.
       path: the .jsonl file (see `ProbeCallback`).
       quantile: the in-distribution distance quantile of the overlap statistic.
+
+    Example:
+      tracker = DistributionShiftTracker(x_in, y_in, x_out)
+      model.fit(train, epochs=10, callbacks=[tracker])
     """
 
     def __init__(self, probe_in, probe_labels, probe_out, path=None,
@@ -396,6 +415,7 @@ class DistributionShiftTracker(ProbeCallback):
         self.quantile = float(quantile)
 
     def measure(self):
+        """The distribution-shift statistics of the probe features (Eq. 0.8)."""
         features_in, _ = probe_outputs(self.model, self.probe_in, self.batch_size)
         features_out, _ = probe_outputs(self.model, self.probe_out, self.batch_size)
         stats = analysis.distribution_shift(
@@ -418,6 +438,10 @@ class ConfidenceHistory(ProbeCallback):
       probe_ood: OOD images, or a dict label -> images for several OOD sets.
       path: the .jsonl file (see `ProbeCallback`).
       bins: histogram bins on [0, 1].
+
+    Example:
+      history = ConfidenceHistory(x_in, {"svhn": x_svhn})
+      model.fit(train, epochs=10, callbacks=[history])
     """
 
     def __init__(self, probe_in, probe_ood, path=None, bins=analysis.CONFIDENCE_BINS, **kwargs):
@@ -440,6 +464,7 @@ class ConfidenceHistory(ProbeCallback):
                 **analysis.confidence_summary(confidence)}
 
     def measure(self):
+        """Histograms and quantiles of the confidence on each probe set."""
         gaussian = self.model.gaussian_head
         score = scores.get(scores.default_score_name(gaussian))
 
@@ -473,6 +498,9 @@ def build_probes(config, size=None):
       "outliers": training outlier images (`config.outlier_dataset`, split train);
       "eval": in-distribution images of `config.eval_split`;
       "ood": {label: images} of every OOD set of `config.ood_datasets`.
+
+    Example:
+      probes = build_probes(config, size=256)
     """
     size = int(size or config.analysis_probe_size)
     wanted = set(config.analyses)
@@ -506,6 +534,9 @@ def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0, r
         (None: kept in memory only, as in a dry run).
       probe_size: images per probe set; default `config.analysis_probe_size`.
       start_epoch, resumed: the first epoch of a resumed run (see `ProbeCallback`).
+
+    Example:
+      callbacks = analysis_callbacks(config.replace(analyses=("shift",)), directory="runs/x")
     """
     if not config.analyses:
         return []

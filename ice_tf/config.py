@@ -29,7 +29,12 @@ ANALYSES = ("gradient_meter", "shift", "confidence")
 
 @dataclasses.dataclass(frozen=True)
 class OODSetSpec:
-    """One OOD test set: a label, a registered dataset name, a split and an optional path."""
+    """One OOD test set: a label, a registered dataset name, a split and an optional path.
+
+    Example:
+      OODSetSpec.parse("isun=image_folder:/data/iSUN")
+      # OODSetSpec(label='isun', dataset='image_folder', split='test', path='/data/iSUN')
+    """
 
     label: str
     dataset: str
@@ -38,6 +43,7 @@ class OODSetSpec:
 
     @classmethod
     def parse(cls, spec):
+        """The spec of a string `[label=]dataset[@split][:path]`."""
         spec = spec.strip()
         label, has_label, rest = spec.partition("=")
         if not has_label:
@@ -54,7 +60,12 @@ class OODSetSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything one run needs. Defaults reproduce the reference protocols."""
+    """Everything one run needs. Defaults reproduce the reference protocols.
+
+    Example:
+      config = ExperimentConfig(loss="ice", backbone="small_cnn", epochs=6).validate()
+      config.replace(loss_weight=0.1).to_json()
+    """
 
     # Data.
     in_dataset: str = "embedded_fashion_mnist"
@@ -152,6 +163,7 @@ class ExperimentConfig:
                 if getattr(self, field) is not None and argument in taken}
 
     def backbone_kwargs(self):
+        """The backbone constructor options the config sets (dropout_rate)."""
         return {} if self.dropout_rate is None else {"dropout_rate": self.dropout_rate}
 
     # --------------------------------------------------------- validation
@@ -191,8 +203,12 @@ class ExperimentConfig:
 
         if labelled.is_spec(self.in_dataset):
             data.get_info(self.in_dataset)  # reads the user's set: a bad one fails here
-        else:
-            choose("in_dataset", self.in_dataset, data.names())
+        elif self.in_dataset not in data.names():
+            labelled_sets = [n for n in data.names() if data.get_info(n).num_classes]
+            raise ValueError(
+                f"in_dataset={self.in_dataset!r} is not valid; choose one of: "
+                f"{', '.join(labelled_sets)}, or your own: image_folder:PATH (one subfolder per "
+                "class) or npz:PATH.")
         if data.get_info(self.in_dataset).num_classes is None:
             raise ValueError(f"in_dataset={self.in_dataset!r} has no labels; pick a labelled set.")
         if self.uses_outliers:
@@ -239,13 +255,16 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------ storage
     def to_dict(self):
+        """The fields as a dict (what config.json holds)."""
         return dataclasses.asdict(self)
 
     def to_json(self):
+        """The fields as sorted, indented JSON."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values):
+        """The config of a dict of fields (config.json); an unknown field is a ValueError."""
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = set(values) - names
         if unknown:
@@ -257,6 +276,7 @@ class ExperimentConfig:
         return cls(**values)
 
     def replace(self, **changes):
+        """A copy with some fields changed (the config is frozen)."""
         return dataclasses.replace(self, **changes)
 
 

@@ -66,7 +66,13 @@ class _PerModelFunction:
 
 
 class Detector:
-    """Base class: `fit(model, train_dataset)` once, then `score(model, images)` per batch."""
+    """Base class: `fit(model, train_dataset)` once, then `score(model, images)` per batch.
+
+    Example:
+      class MaxLogit(Detector):
+          def score(self, model, images):
+              return tf.reduce_max(model(images), axis=-1)
+    """
 
     name = "detector"
     needs_fit = False
@@ -95,7 +101,11 @@ class Detector:
 
 class OutputScore(Detector):
     """A score of the head outputs: a name from `ice_tf.scores` (msp, max_logit, energy,
-    ice) or a function outputs (batch, K) -> (batch,)."""
+    ice) or a function outputs (batch, K) -> (batch,).
+
+    Example:
+      OutputScore("energy").score(model, images)
+    """
 
     def __init__(self, score):
         self.fn = scores_lib.get(score)
@@ -127,6 +137,10 @@ class ODIN(Detector):
       epsilon: ε in [0, 1] pixel units (default 0.0014, OpenOOD's; 0 = temperature only).
       std: per-channel normalisation std of the images (`data.normalization(name)[1]`);
         1 for images that are not normalised.
+
+    Example:
+      odin = ODIN(temperature=1000.0, epsilon=0.0014, std=0.353)
+      scores = odin.score(model, images)
     """
 
     name = "odin"
@@ -184,6 +198,9 @@ def class_statistics(model, dataset, num_classes=None, verbose=1):
 
     Returns:
       (means (K, d), covariance (d, d), counts (K,)).
+
+    Example:
+      means, covariance, counts = class_statistics(model, train_dataset)
     """
     num_classes = num_classes or model.num_classes
     count = int(tf.data.experimental.cardinality(dataset))
@@ -216,6 +233,9 @@ def tied_precision(covariance):
     Eigenvalues below d · ε_float32 · λ_max count as zero, as in sklearn's `pinvh` on
     the float32 features the reference code gives it: a dead (always zero) feature
     then adds nothing to the distance instead of a huge 1/λ.
+
+    Example:
+      precision = tied_precision(np.eye(3))  # the identity
     """
     covariance = np.asarray(covariance, np.float64)
     values, vectors = np.linalg.eigh(covariance)
@@ -225,7 +245,11 @@ def tied_precision(covariance):
 
 
 def model_fingerprint(path):
-    """sha256 and size of a model file: saved statistics are tied to the exact weights."""
+    """sha256 and size of a model file: saved statistics are tied to the exact weights.
+
+    Example:
+      model_fingerprint("runs/ice/model.keras")  # a sha256 hex digest
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -234,7 +258,11 @@ def model_fingerprint(path):
 
 
 def save_statistics(path, means, precision, covariance, counts, fingerprint):
-    """Writes the statistics to an .npz file atomically (never half a file)."""
+    """Writes the statistics to an .npz file atomically (never half a file).
+
+    Example:
+      save_statistics("stats.npz", means, precision, covariance, counts, fingerprint)
+    """
     with atomic_io.atomic_stream(path, "wb", suffix=".npz") as stream:
         np.savez(
             stream, format_version=np.int64(_STATS_FORMAT), means=means, precision=precision,
@@ -245,7 +273,11 @@ def save_statistics(path, means, precision, covariance, counts, fingerprint):
 
 def load_statistics(path, fingerprint=None):
     """The saved statistics dict, or None when missing, unreadable or made for another
-    fingerprint (another model file or training set: stale)."""
+    fingerprint (another model file or training set: stale).
+
+    Example:
+      stats = load_statistics("stats.npz", fingerprint=model_fingerprint(path))
+    """
     try:
         with np.load(path, allow_pickle=False) as stored:
             values = {key: stored[key] for key in stored.files}
@@ -282,6 +314,10 @@ class Mahalanobis(Detector):
       fingerprint: a JSON-ready value identifying the model file and training set
         (see `model_fingerprint`); saved statistics with another one are refitted.
       refit: fit even when matching saved statistics exist.
+
+    Example:
+      detector = Mahalanobis().fit(model, train_dataset)
+      scores = detector.score(model, images)
     """
 
     name = "mahalanobis"
@@ -394,7 +430,11 @@ _POST_HOC = {"odin": ODIN, "mahalanobis": Mahalanobis}
 
 
 def names():
-    """Every detector name: the output scores and the post-hoc detectors."""
+    """Every detector name: the output scores and the post-hoc detectors.
+
+    Example:
+      names()  # ['energy', 'ice', 'mahalanobis', 'max_logit', 'msp', 'odin']
+    """
     return sorted([*scores_lib.names(), *_POST_HOC])
 
 
@@ -403,6 +443,9 @@ def get(name, **options):
 
     Options go to the post-hoc detectors (e.g. `get("odin", temperature=1000,
     epsilon=0.0014, std=...)`); output scores take none.
+
+    Example:
+      get("odin", temperature=100.0)
     """
     if isinstance(name, Detector):
         return name
@@ -417,7 +460,11 @@ def get(name, **options):
 
 def default_stats_path(model_path):
     """`<run>/mahalanobis_stats.npz` for a run's model.keras, `<name>_mahalanobis_stats.npz`
-    beside any other .keras file."""
+    beside any other .keras file.
+
+    Example:
+      default_stats_path("runs/ice/model.keras")  # 'runs/ice/mahalanobis_stats.npz'
+    """
     model_path = os.path.abspath(model_path)
     directory, base = os.path.split(model_path)
     if base == run_folder.MODEL_FILE:
@@ -429,7 +476,11 @@ def for_run(name, config, model_path, *, odin_temperature=1000.0, odin_epsilon=0
             mahalanobis_epsilon=0.0, stats_path=None, refit=False):
     """A detector for a trained run: std from the run's in-distribution normalisation and
     Mahalanobis statistics cached beside the model file (`STATS_FILE`), tied to the
-    model file's hash and to the training images used (dataset, limit, seed)."""
+    model file's hash and to the training images used (dataset, limit, seed).
+
+    Example:
+      detector = for_run("mahalanobis", config, "runs/ice/model.keras")
+    """
     from ice_tf import data  # imported here: data loading is heavy for users of the scores only.
 
     if name not in names():

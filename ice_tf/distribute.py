@@ -19,6 +19,9 @@ def get_strategy(name="auto"):
       name: "mirrored" (`MirroredStrategy` over all visible GPUs, or over the
         logical CPUs when there is no GPU), "default" (one device) or "auto"
         (mirrored when several GPUs are visible, else default).
+
+    Example:
+      strategy = get_strategy("auto")  # MirroredStrategy on several GPUs
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; valid strategies: {', '.join(STRATEGIES)}.")
@@ -30,12 +33,20 @@ def get_strategy(name="auto"):
 
 
 def num_replicas():
-    """Replicas of the strategy in the current context (1 outside any strategy)."""
+    """Replicas of the strategy in the current context (1 outside any strategy).
+
+    Example:
+      num_replicas()  # 1 outside a MirroredStrategy scope
+    """
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def scale_for_replicas(loss):
-    """Divides a per-replica mean loss so that the summed gradients equal the global mean's."""
+    """Divides a per-replica mean loss so that the summed gradients equal the global mean's.
+
+    Example:
+      loss = scale_for_replicas(per_replica_mean_loss)
+    """
     replicas = num_replicas()
     return loss if replicas == 1 else loss / tf.cast(replicas, loss.dtype)
 

@@ -35,7 +35,11 @@ def _num_batches(dataset):
 
 
 def predict_outputs(model, dataset, progbar=None):
-    """Head outputs (N, K) float32 and labels (N,) for a dataset of (images, labels)."""
+    """Head outputs (N, K) float32 and labels (N,) for a dataset of (images, labels).
+
+    Example:
+      outputs, labels = predict_outputs(model, in_ds)
+    """
     outputs, labels = [], []
     for images, batch_labels in dataset:
         outputs.append(np.asarray(model.predict_on_batch(images), np.float32))
@@ -48,7 +52,11 @@ def predict_outputs(model, dataset, progbar=None):
 
 
 def detector_scores(detector, model, dataset, progbar=None):
-    """Scores (N,), head outputs (N, K) and labels (N,) of a `Detector` over a dataset."""
+    """Scores (N,), head outputs (N, K) and labels (N,) of a `Detector` over a dataset.
+
+    Example:
+      scores, outputs, labels = detector_scores(detectors.get("msp"), model, in_ds)
+    """
     scores, outputs, labels = [], [], []
     for images, batch_labels in dataset:
         batch_scores, batch_outputs = detector.score(model, images)
@@ -77,7 +85,11 @@ def _as_mean_std(values):
 
 
 def ood_results(scores_in, scores_out_by_set, protocol="oe", num_draws=10, seed=0):
-    """Metrics per OOD set and their mean over sets, from precomputed scores."""
+    """Metrics per OOD set and their mean over sets, from precomputed scores.
+
+    Example:
+      results = ood_results(scores_in, {"svhn": scores_svhn}, protocol="full")
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}; valid protocols: {', '.join(sorted(PROTOCOLS))}.")
     per_set = {}
@@ -129,6 +141,10 @@ def evaluate_model(
     Returns:
       dict with `score`, `protocol`, `accuracy`, `num_in`, `sets` (per OOD set) and
       `mean` (over sets); plus the raw scores when `return_scores`.
+
+    Example:
+      results = evaluate_model(model, in_ds, {"svhn": svhn_ds}, score="ice")
+      results["mean"]["auroc"]
     """
     detector = _as_detector(score)
     if not detector.fitted:
@@ -181,7 +197,11 @@ def _cell(value, with_std):
 
 
 def results_markdown(results, title=None):
-    """A markdown table: one row per OOD set and the mean; percentages."""
+    """A markdown table: one row per OOD set and the mean; percentages.
+
+    Example:
+      print(results_markdown(results, title="ice on cifar10"))
+    """
     with_std = results["protocol"] == "oe"
     header = ["OOD set", *(METRIC_TITLES[k] for k in METRIC_KEYS)]
     lines = []
@@ -213,6 +233,9 @@ def aggregate_runs(results_list):
 
     Returns a results-like dict whose metric values are {"mean", "std"} across runs
     and whose `accuracy_std` is the spread of accuracy.
+
+    Example:
+      aggregated = aggregate_runs([results_seed1, results_seed2, results_seed3])
     """
     if not results_list:
         raise ValueError("no results to aggregate.")
@@ -259,6 +282,9 @@ def comparison_markdown(results_by_method, groups=None, keys=("auroc", "aupr_in"
     First a summary: per group of OOD sets (default: all), the mean AUROC, AUPR-In and
     FPR95 over the group's sets, and in-distribution accuracy; then one block per OOD
     set. With aggregated runs (`aggregate_runs`) cells read mean ± std over runs.
+
+    Example:
+      print(comparison_markdown({"oe": aggregate_runs(oe_runs), "ice": aggregate_runs(ice_runs)}))
     """
     methods = list(results_by_method)
     first = results_by_method[methods[0]]

@@ -29,7 +29,11 @@ RESULTS_FILE = folder_lib.RESULTS_FILE
 
 # ----------------------------------------------------------------- model
 def build_optimizer(config, total_steps):
-    """SGD with nesterov momentum and per-step cosine decay to min_learning_rate."""
+    """SGD with nesterov momentum and per-step cosine decay to min_learning_rate.
+
+    Example:
+      optimizer = build_optimizer(config, total_steps=config.epochs * 101)
+    """
     alpha = config.min_learning_rate / config.learning_rate if config.learning_rate else 0.0
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=alpha
@@ -43,6 +47,9 @@ def initialize_from_checkpoint(model, checkpoint_path, train_dataset=None, num_b
 
     `train_dataset` (the fine-tune's own batches, as `make_train_data` returns) and
     `num_batches` are needed only in that case.
+
+    Example:
+      initialize_from_checkpoint(model, "runs/ce/model.keras", train_ds, steps_per_epoch)
     """
     if not os.path.isfile(checkpoint_path):
         raise FileNotFoundError(
@@ -74,6 +81,9 @@ def build_model(config, strategy):
     A backbone `PATH.keras` is a user's network (`models.build_from_file`): fresh weights
     for the scratch schedule (or a fine-tune from init_checkpoint), its own weights for a
     fine-tune without one.
+
+    Example:
+      model = build_model(ExperimentConfig(backbone="small_cnn"), tf.distribute.get_strategy())
     """
     num_classes = data.get_info(config.in_dataset).num_classes
     if models.is_model_file(config.backbone):
@@ -179,7 +189,11 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
 
 def load_run(run_dir, **overrides):
     """(model, config, model_path) of a finished run folder (model.keras + config.json);
-    `overrides` replace config fields (e.g. another protocol or OOD sets)."""
+    `overrides` replace config fields (e.g. another protocol or OOD sets).
+
+    Example:
+      model, config, model_path = load_run("runs/demo/ice/seed1", protocol="full")
+    """
     config_path = folder_lib.path(run_dir, folder_lib.CONFIG_FILE)
     model_path = folder_lib.path(run_dir, folder_lib.MODEL_FILE)
     for path in (config_path, model_path):

@@ -38,7 +38,11 @@ from ice_tf import scores as scores_lib
 
 def default_score(model):
     """The score of the method `model` was compiled with (`ice_tf.losses.spec`), else `ice`
-    for a Gaussian head and `msp` for a linear one."""
+    for a Gaussian head and `msp` for a linear one.
+
+    Example:
+      default_score(model)  # "ice" for a Gaussian head, else "msp"
+    """
     from ice_tf import losses
 
     name = getattr(getattr(model, "ood_loss", None), "name", None)
@@ -48,7 +52,11 @@ def default_score(model):
 
 
 def serving_outputs(model, images, score=None):
-    """The dictionary the exported signature returns, computed in eager or graph mode."""
+    """The dictionary the exported signature returns, computed in eager or graph mode.
+
+    Example:
+      outputs = serving_outputs(model, images)  # probabilities, confidence, score, outputs
+    """
     gaussian = model.gaussian_head
     score_fn = scores_lib.get(score or default_score(model))
     outputs = tf.cast(model(images, training=False), tf.float32)
@@ -113,6 +121,11 @@ def export_saved_model(model, path, score=None, overwrite=False):
 
     Returns:
       The path written.
+
+    Example:
+      export_saved_model(model, "exported/ice")
+      served = tf.saved_model.load("exported/ice")
+      served.signatures["serving_default"](images=raw_pixels)["confidence"]
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:

@@ -29,7 +29,12 @@ import numpy as np
 
 
 class Statistics(NamedTuple):
-    """means (K, d), tied covariance (d, d) and class counts (K,), float64 / int64."""
+    """means (K, d), tied covariance (d, d) and class counts (K,), float64 / int64.
+
+    Example:
+      stats = fit(features, labels, num_classes=10)
+      stats.means.shape, stats.covariance.shape  # (10, d), (d, d)
+    """
 
     means: np.ndarray
     covariance: np.ndarray
@@ -51,7 +56,11 @@ def _rows_and_labels(features, labels, num_classes):
 
 
 def class_sums(features, labels, num_classes):
-    """(sums (K, d), counts (K,)) of the features of each class."""
+    """(sums (K, d), counts (K,)) of the features of each class.
+
+    Example:
+      sums, counts = class_sums(features, labels, num_classes=10)
+    """
     features, labels = _rows_and_labels(features, labels, num_classes)
     sums = np.zeros((num_classes, features.shape[1]))
     np.add.at(sums, labels, features)
@@ -59,19 +68,31 @@ def class_sums(features, labels, num_classes):
 
 
 def class_means(features, labels, num_classes):
-    """(K, d) float64 per-class means; NaN rows for classes without samples."""
+    """(K, d) float64 per-class means; NaN rows for classes without samples.
+
+    Example:
+      means = class_means(features, labels, num_classes=10)  # (10, d) float64
+    """
     sums, counts = class_sums(features, labels, num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts[:, None]
 
 
 def missing_classes(counts):
-    """The classes with no samples, as a list."""
+    """The classes with no samples, as a list.
+
+    Example:
+      missing_classes(np.array([5, 0, 3]))  # [1]
+    """
     return np.flatnonzero(np.asarray(counts) == 0).tolist()
 
 
 def tied_covariance(features, labels, means):
-    """The pooled within-class covariance (1/N) Σ_i (z_i - μ_{y_i})(z_i - μ_{y_i})^T."""
+    """The pooled within-class covariance (1/N) Σ_i (z_i - μ_{y_i})(z_i - μ_{y_i})^T.
+
+    Example:
+      covariance = tied_covariance(features, labels, class_means(features, labels, 10))
+    """
     features, labels = _rows_and_labels(features, labels, len(means))
     centred = features - np.asarray(means, dtype=np.float64)[labels]
     return centred.T @ centred / features.shape[0]
@@ -94,6 +115,12 @@ class Accumulator:
     """The same statistics streamed over batches, in float64.
 
     One pass: Σ = (Σ_i z z^T - Σ_k N_k μ_k μ_k^T) / N, the within-class scatter.
+
+    Example:
+      accumulator = Accumulator(num_classes=10)
+      for features, labels in batches:
+          accumulator.update(features, labels)
+      stats = accumulator.result()
     """
 
     def __init__(self, num_classes):

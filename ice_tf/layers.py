@@ -205,6 +205,9 @@ def cross_entropy_scale(features, labels, means, scale_tril):
 
     Float64 numpy. CE(t) with t = 1/c^2 is convex (a log-sum-exp of terms linear in
     t plus a linear term), so a bounded scalar search over log t finds its minimum.
+
+    Example:
+      scale = cross_entropy_scale(features, labels, means, scale_tril)
     """
     from scipy import linalg, optimize
 
@@ -251,6 +254,9 @@ def make_head(kind, num_classes, name="head"):
         (`GaussianLayer`, Eq. 0.11). Both compute in float32 under mixed precision.
       num_classes: K.
       name: the layer name.
+
+    Example:
+      head = make_head("gaussian", num_classes=10)  # or "linear"
     """
     if kind == "linear":
         return keras.layers.Dense(
@@ -268,6 +274,11 @@ def make_head(kind, num_classes, name="head"):
 
 
 def is_gaussian_head(layer):
+    """Whether `layer` is a `GaussianLayer` (the heads that give h_i, Eq. 0.11).
+
+    Example:
+      is_gaussian_head(make_head("gaussian", 10))  # True
+    """
     return isinstance(layer, GaussianLayer)
 
 

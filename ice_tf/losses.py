@@ -55,6 +55,9 @@ def log1mexp(t):
     """log(1 - exp(t)) for t < 0, stable at both ends (Maechler, 2012).
 
     Uses log(-expm1(t)) for t > -ln 2 and log1p(-exp(t)) otherwise.
+
+    Example:
+      log1mexp(tf.constant([-1e-8, -30.0]))  # log(1 - exp(t)), finite at both ends
     """
     return tf.where(t > _LOG_HALF, tf.math.log(-tf.math.expm1(t)), tf.math.log1p(-tf.exp(t)))
 
@@ -105,6 +108,11 @@ class OODLoss:
         "gaussian" (Eq. 0.11).
       default_score: the OOD score (`ice_tf.scores`) it is evaluated with, as in its paper.
       display_name: its name in tables and figures.
+
+    Example:
+      class MyLoss(OODLoss):
+          def terms(self, labels, outputs_in, outputs_out=None): ...
+      register("mine", MyLoss, default_head="linear", default_score="msp")
     """
 
     uses_outliers = True
@@ -175,10 +183,12 @@ class OODLoss:
         return self.combine(self.terms(y_true, outputs_in, outputs_out))
 
     def get_config(self):
+        """The constructor arguments, for Keras serialization."""
         return {"weight": self.weight, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
+        """The loss of a `get_config` dict."""
         return cls(**config)
 
     def __repr__(self):
@@ -188,7 +198,11 @@ class OODLoss:
 
 @keras.saving.register_keras_serializable(package="ice_tf")
 class CrossEntropyLoss(OODLoss):
-    """Plain softmax cross-entropy, Eq. (0.2) (or Eq. 0.12 on a Gaussian head); no outliers."""
+    """Plain softmax cross-entropy, Eq. (0.2) (or Eq. 0.12 on a Gaussian head); no outliers.
+
+    Example:
+      model.compile(optimizer, loss=CrossEntropyLoss())  # or loss="ce"
+    """
 
     uses_outliers = False
     display_name = "Plain"
@@ -197,6 +211,7 @@ class CrossEntropyLoss(OODLoss):
         super().__init__(weight=0.0, name=name)
 
     def get_config(self):
+        """The constructor arguments, for Keras serialization."""
         return {"name": self.name}
 
 
@@ -208,6 +223,9 @@ class OutlierExposureLoss(OODLoss):
     = logsumexp(f) - mean_c f_c. Its gradient K·[softmax(f)_i - 1/K] (Eq. 0.6, up to
     the 1/K of the mean) raises every logit whose softmax is below 1/K.
     Default λ = 0.5 (Hendrycks et al., 2019).
+
+    Example:
+      model.compile(optimizer, loss=OutlierExposureLoss(weight=0.5))  # or loss="oe"
     """
 
     term_names = ("ce", "out_term")
@@ -229,6 +247,9 @@ class EnergyLoss(OODLoss):
     mean_in relu(E(x) - m_in)^2 and mean_out relu(m_out - E(x̃))^2. The in-distribution
     term raises every logit (Eq. 0.8). Defaults λ = 0.1, m_in = -23, m_out = -5 (the
     CIFAR-10 values of the reference code; CIFAR-100 uses m_in = -27).
+
+    Example:
+      model.compile(optimizer, loss=EnergyLoss(margin_in=-23.0, margin_out=-5.0))
     """
 
     term_names = ("ce", "in_term", "out_term")
@@ -252,6 +273,7 @@ class EnergyLoss(OODLoss):
         return terms
 
     def get_config(self):
+        """The constructor arguments, for Keras serialization."""
         return {**super().get_config(), "margin_in": self.margin_in, "margin_out": self.margin_out}
 
 
@@ -261,6 +283,9 @@ class BinaryCrossEntropyLoss(OODLoss):
 
     Extra terms mean_in[-log σ(f_y(x))] + mean_out[-log(1 - σ(max_i f_i(x̃)))]; no
     contradictory gradient, but still the logit as likelihood. Default λ as `ice`.
+
+    Example:
+      model.compile(optimizer, loss=BinaryCrossEntropyLoss(weight=0.1))  # or loss="bce"
     """
 
     term_names = ("ce", "in_term", "out_term")
@@ -297,6 +322,9 @@ class InDistributionCompatibleLoss(OODLoss):
     terms only raise h_y and lower the other classes.
 
     Default λ = 0.03, chosen on the embedded benchmark's validation split (BUILD.md).
+
+    Example:
+      model.compile(optimizer, loss=InDistributionCompatibleLoss(weight=0.01))  # or loss="ice"
     """
 
     term_names = ("ce", "in_term", "out_term")
@@ -315,7 +343,11 @@ class InDistributionCompatibleLoss(OODLoss):
 
 @keras.saving.register_keras_serializable(package="ice_tf")
 class IceMinusLoss(InDistributionCompatibleLoss):
-    """ICE⁻ (Table 3): ICE without the in-distribution term -h_y of Eq. (0.14)."""
+    """ICE⁻ (Table 3): ICE without the in-distribution term -h_y of Eq. (0.14).
+
+    Example:
+      model.compile(optimizer, loss=IceMinusLoss())  # or loss="ice_minus"
+    """
 
     term_names = ("ce", "out_term")
     display_name = "ICE⁻"
@@ -337,6 +369,9 @@ class MethodSpec:
       uses_outliers: whether it trains on auxiliary outliers.
       hyperparameters: {name: default} of its constructor (read-only).
       term_names: the loss components it reports.
+
+    Example:
+      spec("energy").hyperparameters  # {"weight": 0.1, "margin_in": -23.0, "margin_out": -5.0}
     """
 
     name: str
@@ -390,7 +425,11 @@ for _name, _class in (
 
 
 def names():
-    """The registered loss names."""
+    """The registered loss names.
+
+    Example:
+      names()  # ['bce', 'ce', 'energy', 'ice', 'ice_minus', 'oe']
+    """
     return sorted(LOSSES)
 
 
@@ -416,7 +455,11 @@ def spec(name):
 
 
 def display_name(name):
-    """A method's display name; an unregistered name (e.g. a variant label) is returned as is."""
+    """A method's display name; an unregistered name (e.g. a variant label) is returned as is.
+
+    Example:
+      display_name("ice_minus")  # 'ICE⁻'
+    """
     return spec(name).display_name if name in LOSSES else name
 
 

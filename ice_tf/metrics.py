@@ -226,6 +226,9 @@ def ood_metrics_at_recall(scores_in, scores_out, recall: float = _RECALL) -> dic
         the smallest t with at least ``recall`` of the OOD scores ``<= t``
         (``fpr95_ood_positive`` for ``recall=0.95``);
       * ``threshold_ood_positive``: that t.
+
+    Example:
+      ood_metrics_at_recall(scores_in, scores_out)["auroc"]
     """
     recall = _check_recall(recall)
     in_asc = np.sort(_as_scores(scores_in, "scores_in"))
@@ -250,6 +253,9 @@ def roc_curve_points(scores_in, scores_out):
 
     Returns:
       ``(fpr, tpr, thresholds)``, float64 arrays of equal length.
+
+    Example:
+      fpr, tpr = roc_curve_points(scores_in, scores_out)
     """
     in_asc = np.sort(_as_scores(scores_in, "scores_in"))
     out_asc = np.sort(_as_scores(scores_out, "scores_out"))
@@ -273,6 +279,9 @@ def subsampled_ood_metrics(
     Returns:
       ``{key: {"mean": float, "std": float} for key in METRIC_KEYS}`` (population
       std, ddof=0, over the draws) plus ``"num_ood": n``.
+
+    Example:
+      subsampled_ood_metrics(scores_in, scores_out, num_draws=10)["auroc"]  # mean and std
     """
     num_draws = int(num_draws)
     if num_draws < 1:
@@ -307,6 +316,9 @@ def mean_over_sets(per_set: Mapping[str, Mapping]) -> dict:
     averaged). Returns ``{key: float}`` over the metric keys of the first set,
     in its order; ``"num_ood"`` is not a metric and is left out. Every set must
     have the same metric keys.
+
+    Example:
+      mean_over_sets({"svhn": svhn_metrics, "lsun": lsun_metrics})["auroc"]
     """
     if not per_set:
         raise ValueError("per_set is empty; need at least one OOD set")
@@ -339,6 +351,9 @@ def accuracy(labels, predictions_or_logits) -> float:
       labels: 1-D integer class labels.
       predictions_or_logits: 1-D integer predicted classes, or 2-D
         ``(n, num_classes)`` logits/probabilities (argmax over the last axis).
+
+    Example:
+      accuracy(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))  # 1.0
     """
     y = np.asarray(labels)
     if y.ndim != 1:

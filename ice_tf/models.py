@@ -33,7 +33,11 @@ from ice_tf import losses as losses_lib
 
 
 def unpack_batch(data):
-    """((x, y), x_out) -> (x, y, x_out); (x, y) -> (x, y, None)."""
+    """((x, y), x_out) -> (x, y, x_out); (x, y) -> (x, y, None).
+
+    Example:
+      images, labels, outliers = unpack_batch(((x, y), x_out))
+    """
     if isinstance(data, (tuple, list)) and len(data) == 1:
         data = data[0]  # fit(x=((x, y), x_out)) with arrays arrives wrapped in a 1-tuple.
     if not isinstance(data, (tuple, list)) or len(data) < 2:
@@ -270,6 +274,11 @@ class OODModel(keras.Model):
     Tracked metrics: `loss` (the method's objective without weight decay), each
     loss term (`ce`, `in_term`, `out_term`: the unweighted means of Eqs. 0.3, 0.5,
     0.13-0.14) and in-distribution `accuracy`.
+
+    Example:
+      model = OODModel(ice_tf.backbones.get("small_cnn", (28, 28, 1)), GaussianLayer(10))
+      model.compile(keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), loss="ice")
+      model.fit(ice_tf.data.with_outliers((x, y), x_out), epochs=6)
     """
 
     def __init__(self, backbone, head, input_shape=None, normalization=None, **kwargs):
@@ -728,6 +737,9 @@ def build_model(backbone, input_shape, num_classes, head="linear", strategy=None
       strategy: a `tf.distribute.Strategy`; the current one if None.
       normalization: (mean, std) per channel the images are normalised with (`OODModel`).
       **backbone_kwargs: architecture options (e.g. `dropout_rate`).
+
+    Example:
+      model = build_model("wrn40_2", (32, 32, 3), 10, head="gaussian")
     """
     from ice_tf import backbones  # imported here: backbones import is heavy for users of losses only.
 

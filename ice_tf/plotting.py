@@ -39,7 +39,12 @@ OOD_COLOR = "0.1"
 
 # ----------------------------------------------------------------- figures
 def new_figure(num_rows=1, num_cols=1, panel_size=(3.4, 3.2), **subplots_kwargs):
-    """(figure, axes) with axes a (num_rows, num_cols) array, on an Agg canvas."""
+    """(figure, axes) with axes a (num_rows, num_cols) array, on an Agg canvas.
+
+    Example:
+      figure, axes = new_figure(1, 2)
+      save_png(figure, "figures/two_panels.png")
+    """
     figure = Figure(figsize=(panel_size[0] * num_cols, panel_size[1] * num_rows),
                     layout="constrained")
     FigureCanvasAgg(figure)
@@ -52,6 +57,9 @@ def save_png(figure, path, dpi=110):
 
     Returns:
       The absolute path written.
+
+    Example:
+      save_png(figure, "figures/roc.png", dpi=110)
     """
     path = os.path.abspath(path)
     with atomic_io.atomic_stream(path, "wb", suffix=".png") as stream:
@@ -60,7 +68,11 @@ def save_png(figure, path, dpi=110):
 
 
 def class_colors(num_classes):
-    """One colour per class: tab10 up to 10 classes, tab20 up to 20, then a hue wheel."""
+    """One colour per class: tab10 up to 10 classes, tab20 up to 20, then a hue wheel.
+
+    Example:
+      colors = class_colors(10)  # one RGBA row per class
+    """
     import matplotlib
 
     if num_classes <= 10:
@@ -72,7 +84,11 @@ def class_colors(num_classes):
 
 def method_label(name):
     """Display name of a method (`ice_tf.losses.spec(name).display_name`; its own name when
-    it is no registered method, e.g. a variant label)."""
+    it is no registered method, e.g. a variant label).
+
+    Example:
+      method_label("ice_minus")  # 'ICE⁻'
+    """
     from ice_tf import losses
 
     return losses.display_name(name)
@@ -86,7 +102,11 @@ load_scores = run_folder.load_scores
 
 
 def run_folders(runs_dir="runs/demo", methods=DEFAULT_METHODS, run_seed=1, run_specs=()):
-    """label -> run folder (`ice_tf.run_folder.run_folders`, with the demo's methods)."""
+    """label -> run folder (`ice_tf.run_folder.run_folders`, with the demo's methods).
+
+    Example:
+      run_folders("runs/demo", ["ce", "ice"], 1)  # {"ce": "runs/demo/ce/seed1", ...}
+    """
     return run_folder.run_folders(runs_dir, methods, run_seed, run_specs)
 
 
@@ -143,6 +163,9 @@ def knn_placement(features_in, embedding_in, features_out, num_neighbors=10, eps
 
     Returns:
       (m, e) float64 embedding of features_out.
+
+    Example:
+      embedding_out = knn_placement(features_in, embedding_in, features_out)
     """
     from sklearn.neighbors import NearestNeighbors
 
@@ -176,6 +199,9 @@ def tsne_embedding(features_in, features_out, placement="joint", perplexity=30.0
 
     Returns:
       (embedding_in (n, 2), embedding_out (m, 2)), float64.
+
+    Example:
+      embedding_in, embedding_out = tsne_embedding(features_in, features_out)
     """
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits

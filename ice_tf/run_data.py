@@ -30,7 +30,12 @@ from ice_tf.data import registry
 
 @contextlib.contextmanager
 def mock_sources():
-    """For dry runs: TFDS returns mock data (file-based sets are replaced by `substitute`)."""
+    """For dry runs: TFDS returns mock data (file-based sets are replaced by `substitute`).
+
+    Example:
+      with mock_sources():
+          make_eval_data(config)
+    """
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=16):
@@ -39,7 +44,11 @@ def mock_sources():
 
 def substitute(config, name, path):
     """(name, path) of a set; in a dry run a file-based set, which needs the user's
-    files, becomes Gaussian noise."""
+    files, becomes Gaussian noise.
+
+    Example:
+      substitute(config.replace(dry_run=True), "image_folder", "/data/iSUN")  # ("gaussian", None)
+    """
     if config.dry_run and data.get_info(name).kind == "files":
         return "gaussian", None
     return name, path
@@ -47,7 +56,11 @@ def substitute(config, name, path):
 
 def image_shape_of(config):
     """(H, W, C) every image of the run is prepared to: the input of a user's model file
-    (`--backbone=PATH.keras`), else the in-distribution set's own size."""
+    (`--backbone=PATH.keras`), else the in-distribution set's own size.
+
+    Example:
+      image_shape_of(ExperimentConfig(in_dataset="cifar10"))  # (32, 32, 3)
+    """
     if str(config.backbone).endswith(".keras"):
         from ice_tf import models
 
@@ -60,7 +73,11 @@ def image_shape_of(config):
 
 def make_train_data(config, batch_in, batch_out, start_step=0):
     """(dataset of ((x, y), x_outliers) or (x, y) batches, steps per epoch); `start_step`
-    batches of the stream are skipped (a resumed run)."""
+    batches of the stream are skipped (a resumed run).
+
+    Example:
+      train_ds, steps = make_train_data(config, config.batch_in, config.batch_out)
+    """
     outlier_name, outlier_path = None, None
     if config.uses_outliers:
         outlier_name, outlier_path = substitute(config, config.outlier_dataset, config.outlier_path)
@@ -183,7 +200,11 @@ def _eval_options(config, adapt=None, **changes):
 def make_eval_data(config, adapt=None):
     """The in-distribution evaluation split and a dict label -> OOD dataset; with `adapt`
     (`model_input(model, config)`) every set is prepared to that model's input size,
-    channels and normalisation."""
+    channels and normalisation.
+
+    Example:
+      in_ds, ood = make_eval_data(config)  # ood: {label: dataset}
+    """
     in_dataset = data.make_eval_dataset(config.in_dataset, config.eval_split,
                                         **_eval_options(config, adapt))
     ood = {}
@@ -198,14 +219,22 @@ def make_eval_data(config, adapt=None):
 def statistics_data(config, adapt=None):
     """The run's training images, normalised and unaugmented, for fitting statistics
     (Mahalanobis): `limit_train` images, seeded as training samples them (`adapt`: see
-    `make_eval_data`)."""
+    `make_eval_data`).
+
+    Example:
+      detectors.get("mahalanobis").fit(model, statistics_data(config))
+    """
     return data.make_eval_dataset(config.in_dataset, "train", **_eval_options(
         config, adapt, limit=config.limit_train))
 
 
 def load_images(config, name, split, limit, path=None, exclude_index_path=None):
     """(images, labels) arrays: the first `limit` images (seeded subsample) of a set,
-    as the model sees them."""
+    as the model sees them.
+
+    Example:
+      images, labels = load_images(config, "embedded_outliers", "train", limit=256)
+    """
     dataset = data.make_eval_dataset(name, split, path=path, exclude_index_path=exclude_index_path,
                                      **_eval_options(config, batch_size=limit, limit=limit))
     images, labels = [], []

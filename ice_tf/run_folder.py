@@ -144,18 +144,33 @@ def readme_text(config):
 
 
 def path(folder, name):
-    """The path of one of the run folder's files (one of the *_FILE / *_DIR names)."""
+    """The path of one of the run folder's files (one of the *_FILE / *_DIR names).
+
+    Example:
+      path("runs/x", RESULTS_FILE)  # 'runs/x/results.json'
+    """
     return os.path.join(folder, name)
 
 
 def is_finished(folder):
-    """Whether `folder` holds a finished run (its results.json exists)."""
+    """Whether `folder` holds a finished run (its results.json exists).
+
+    Example:
+      is_finished("runs/demo/ice/seed1")  # True once results.json exists
+    """
     return os.path.isfile(path(folder, RESULTS_FILE))
 
 
 # ------------------------------------------------------------ run contract
 class RunFolderError(RuntimeError):
-    """A run folder refuses the run; the message says why and how to proceed."""
+    """A run folder refuses the run; the message says why and how to proceed.
+
+    Example:
+      try:
+          check_folder("runs/x", config.to_dict(), overwrite=False)
+      except RunFolderError as error:
+          print(error)  # runs/x holds a finished run; pass --overwrite ...
+    """
 
 
 def _process_alive(pid):
@@ -209,6 +224,7 @@ class RunLock:
         return os.path.exists(self.path) and not self._is_stale(self._holder())
 
     def acquire(self):
+        """Takes the lock (writing run.lock), or raises RunFolderError if a live process holds it."""
         os.makedirs(self.folder, exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -236,6 +252,7 @@ class RunLock:
         raise RunFolderError(f"{self.folder}: could not take {self.path}; another run took it.")
 
     def release(self):
+        """Gives the lock back (removes run.lock) if this process holds it."""
         if self._held:
             self._held = False
             with contextlib.suppress(FileNotFoundError):
@@ -407,7 +424,11 @@ def without_timing(record):
 
 
 def method_run(runs_dir, label, seed):
-    """<runs_dir>/<label>/seed<seed>, where scripts/compare.py puts a run."""
+    """<runs_dir>/<label>/seed<seed>, where scripts/compare.py puts a run.
+
+    Example:
+      method_run("runs/demo", "ice", 1)  # 'runs/demo/ice/seed1'
+    """
     return os.path.join(runs_dir, label, f"seed{int(seed)}")
 
 
@@ -425,7 +446,11 @@ def parse_label_folder(spec):
 
 def run_folders(runs_dir="runs/demo", methods=(), seed=1, run_specs=()):
     """label -> run folder: from 'label:folder' specs if any, else `method_run` of each
-    method under `runs_dir`."""
+    method under `runs_dir`.
+
+    Example:
+      run_folders("runs/demo", ["ce", "ice"], 1, ["mine:/tmp/run"])
+    """
     if run_specs:
         folders = dict(parse_label_folder(spec) for spec in run_specs)
         if len(folders) != len(run_specs):
@@ -438,7 +463,11 @@ def run_folders(runs_dir="runs/demo", methods=(), seed=1, run_specs=()):
 
 def check_run_folders(folders, required_files, command=DEMO_COMMAND):
     """Raises FileNotFoundError naming every run folder that lacks a required file,
-    and the command that creates the runs."""
+    and the command that creates the runs.
+
+    Example:
+      check_run_folders({"ice": "runs/demo/ice/seed1"}, (MODEL_FILE,))
+    """
     missing = [
         path(folder, name)
         for folder in folders.values()
@@ -454,7 +483,11 @@ def check_run_folders(folders, required_files, command=DEMO_COMMAND):
 
 
 def method_of(folder):
-    """The `loss` in a run folder's config.json, or None when it has none."""
+    """The `loss` in a run folder's config.json, or None when it has none.
+
+    Example:
+      method_of("runs/demo/ice/seed1")  # 'ice' (from config.json)
+    """
     config = read_config(folder)
     return None if config is None else config.get("loss")
 
@@ -462,17 +495,29 @@ def method_of(folder):
 # ------------------------------------------------------------- scores file
 def scores_key(label):
     """The .npz key of an OOD set's label: '%' and '/' (which npz keys cannot hold)
-    are escaped, so that `label_of_scores_key` gives the label back."""
+    are escaped, so that `label_of_scores_key` gives the label back.
+
+    Example:
+      scores_key("svhn")  # the key of that set in scores.npz
+    """
     return label.replace("%", "%25").replace("/", "%2F")
 
 
 def label_of_scores_key(key):
-    """The OOD set label of a `scores_key`."""
+    """The OOD set label of a `scores_key`.
+
+    Example:
+      label_of_scores_key(scores_key("svhn"))  # 'svhn'
+    """
     return key.replace("%2F", "/").replace("%25", "%")
 
 
 def save_scores(folder, raw_scores):
-    """Writes {"in": scores, label: scores, ...} as the run's scores.npz (atomically)."""
+    """Writes {"in": scores, label: scores, ...} as the run's scores.npz (atomically).
+
+    Example:
+      save_scores("runs/x", {"in": scores_in, "svhn": scores_svhn})
+    """
     from ice_tf import atomic_io
 
     with atomic_io.atomic_stream(path(folder, SCORES_FILE), "wb", suffix=".npz") as stream:
@@ -481,7 +526,11 @@ def save_scores(folder, raw_scores):
 
 def load_scores(folder):
     """{"in": scores, label: scores, ...} from a run folder's scores.npz (float64 arrays;
-    higher = more in-distribution)."""
+    higher = more in-distribution).
+
+    Example:
+      load_scores("runs/x")["in"].shape
+    """
     scores_path = path(folder, SCORES_FILE)
     with np.load(scores_path) as archive:
         scores = {label_of_scores_key(key): np.asarray(archive[key], dtype=np.float64)

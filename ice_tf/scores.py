@@ -22,17 +22,29 @@ def _as_float32(outputs):
 
 
 def msp(outputs):
-    """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017).
+
+    Example:
+      msp(model.predict(x))  # max softmax probability, higher = more in-distribution
+    """
     return tf.reduce_max(tf.nn.softmax(_as_float32(outputs), axis=-1), axis=-1)
 
 
 def max_logit(outputs):
-    """max_i f_i."""
+    """max_i f_i.
+
+    Example:
+      max_logit(model.predict(x))
+    """
     return tf.reduce_max(_as_float32(outputs), axis=-1)
 
 
 def energy(outputs):
-    """Negative energy logsumexp_i f_i (temperature 1), Eq. (0.4)."""
+    """Negative energy logsumexp_i f_i (temperature 1), Eq. (0.4).
+
+    Example:
+      energy(model.predict(x))  # logsumexp of the logits (the negative free energy)
+    """
     return tf.reduce_logsumexp(_as_float32(outputs), axis=-1)
 
 
@@ -40,6 +52,9 @@ def ice(outputs):
     """max_i h_i(z), the log of the ICE confidence exp(max_i h_i) (Eqs. 0.11, 0.13).
 
     The same arithmetic as `max_logit`, applied to a Gaussian head's h.
+
+    Example:
+      ice(model.predict(x))  # max_i h_i(z) of the Gaussian head, Eq. 0.14
     """
     return max_logit(outputs)
 
@@ -48,12 +63,20 @@ SCORES = {"msp": msp, "max_logit": max_logit, "energy": energy, "ice": ice}
 
 
 def names():
-    """The registered score names."""
+    """The registered score names.
+
+    Example:
+      names()  # ['energy', 'ice', 'max_logit', 'msp']
+    """
     return sorted(SCORES)
 
 
 def get(name):
-    """Returns the score function `outputs (batch, K) -> (batch,)` called `name`."""
+    """Returns the score function `outputs (batch, K) -> (batch,)` called `name`.
+
+    Example:
+      get("energy")(outputs)
+    """
     if callable(name) and not isinstance(name, str):
         return name
     if name in SCORES:
@@ -67,7 +90,11 @@ def default_score_name(gaussian_head):
 
 
 def confidence(outputs, gaussian_head):
-    """In-distribution confidence in (0, 1]: exp(max h) (Gaussian head) or max softmax."""
+    """In-distribution confidence in (0, 1]: exp(max h) (Gaussian head) or max softmax.
+
+    Example:
+      confidence(outputs, gaussian_head=True)  # exp(max h) in (0, 1]
+    """
     if gaussian_head:
         return tf.exp(ice(outputs))
     return msp(outputs)

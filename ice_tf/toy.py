@@ -37,7 +37,11 @@ SHIFT_METHODS = ("oe", "ice")
 
 # --------------------------------------------------------------------------- data
 def means_on_circle(num_classes, radius, start_degrees=90.0):
-    """(K, 2) class means evenly spaced on a circle around the origin."""
+    """(K, 2) class means evenly spaced on a circle around the origin.
+
+    Example:
+      means_on_circle(3, radius=3.0)  # (3, 2), the first at 90 degrees
+    """
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes!r}.")
     angles = np.deg2rad(start_degrees) + 2 * np.pi * np.arange(int(num_classes)) / int(num_classes)
@@ -49,6 +53,9 @@ def sample_gaussian_classes(means, covariance, num_per_class, seed=0):
 
     Returns:
       (z, labels): float64 (K * num_per_class, d) features and int64 labels, class by class.
+
+    Example:
+      z, labels = sample_gaussian_classes(means, np.eye(2) * 0.5, num_per_class=40)
     """
     means = np.asarray(means, dtype=np.float64)
     covariance = np.asarray(covariance, dtype=np.float64)
@@ -66,7 +73,12 @@ def sample_gaussian_classes(means, covariance, num_per_class, seed=0):
 
 class GDA(NamedTuple):
     """Gaussian discriminant analysis: means m_i, tied covariance Σ, and the linear
-    classifier of Eq. (0.9), w_i = Σ^{-1} m_i, b_i = -½ m_i^T Σ^{-1} m_i."""
+    classifier of Eq. (0.9), w_i = Σ^{-1} m_i, b_i = -½ m_i^T Σ^{-1} m_i.
+
+    Example:
+      gda = fit_gda(z, labels, num_classes=3)
+      logits = linear_logits(z, gda.weights, gda.biases)
+    """
 
     means: np.ndarray  # (K, d)
     covariance: np.ndarray  # (d, d)
@@ -75,7 +87,11 @@ class GDA(NamedTuple):
 
 
 def fit_gda(z, labels, num_classes):
-    """Class means, pooled within-class covariance and the Eq. (0.9) classifier (equal priors)."""
+    """Class means, pooled within-class covariance and the Eq. (0.9) classifier (equal priors).
+
+    Example:
+      gda = fit_gda(z, labels, num_classes=3)
+    """
     z = np.asarray(z, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1)
     counts = np.bincount(labels, minlength=num_classes)
@@ -91,12 +107,20 @@ def fit_gda(z, labels, num_classes):
 
 
 def linear_logits(z, weights, biases):
-    """f(z) = W z + b, Eq. (0.1): (n, K) for (n, d) features."""
+    """f(z) = W z + b, Eq. (0.1): (n, K) for (n, d) features.
+
+    Example:
+      logits = linear_logits(z, gda.weights, gda.biases)
+    """
     return np.asarray(z, dtype=np.float64) @ np.asarray(weights, dtype=np.float64).T + biases
 
 
 def gaussian_scores(z, means, covariance):
-    """h_i(z) = -(z - m_i)^T Σ^{-1} (z - m_i), Eq. (0.11) with L L^T = Σ: (n, K), h <= 0."""
+    """h_i(z) = -(z - m_i)^T Σ^{-1} (z - m_i), Eq. (0.11) with L L^T = Σ: (n, K), h <= 0.
+
+    Example:
+      h = gaussian_scores(z, gda.means, gda.covariance)  # (n, K), Eq. 0.11
+    """
     diff = np.asarray(z, dtype=np.float64)[:, None, :] - np.asarray(means, dtype=np.float64)[None]
     precision = np.linalg.inv(np.asarray(covariance, dtype=np.float64))
     return -np.einsum("nkd,de,nke->nk", diff, precision, diff)
@@ -104,6 +128,14 @@ def gaussian_scores(z, means, covariance):
 
 # ----------------------------------------------------------- Fig. 2: false likelihood
 class FalseLikelihoodExample(NamedTuple):
+    """The false-likelihood picture (Fig. 2): a point A of class y near m_y and an outlier B
+    far along w_y, with f_y larger at B but exp(h_y) smaller.
+
+    Example:
+      example = false_likelihood_example(seed=0)
+      example.logit_b > example.logit_a  # True: the linear head prefers the outlier
+    """
+
     z: np.ndarray  # (n, 2) in-distribution features
     labels: np.ndarray  # (n,)
     gda: GDA
@@ -156,6 +188,12 @@ def false_likelihood_example(num_per_class=200, outlier_distance=5.0, target_cla
 
 # ---------------------------------------------------------- Fig. 3: distribution shift
 class ShiftToy(NamedTuple):
+    """The distribution-shift toy: 2-D in-distribution features with labels, and outliers.
+
+    Example:
+      toy = distribution_shift_toy(num_classes=3)
+      toy.features.shape, toy.outliers.shape
+    """
     features: np.ndarray  # (n, 2) in-distribution features
     labels: np.ndarray  # (n,)
     outliers: np.ndarray  # (m, 2)
@@ -176,6 +214,9 @@ def distribution_shift_toy(num_classes=3, num_per_class=40, num_outliers=80, nea
     outlier_radii[0] <= |z| <= outlier_radii[1] (uniform in angle and radius). A method
     that moves outliers to the classes' common centre (the origin, where all GDA logits
     are equal for K >= 3) brings the far ones closer to the classes.
+
+    Example:
+      toy = distribution_shift_toy(num_classes=3, seed=0)
     """
     low, high = (float(r) for r in outlier_radii)
     if not 0 <= low < high:
@@ -198,12 +239,20 @@ def distribution_shift_toy(num_classes=3, num_per_class=40, num_outliers=80, nea
 
 
 def class_means(z, labels, num_classes):
-    """(K, d) mean feature of each class (`ice_tf.gda.class_means`)."""
+    """(K, d) mean feature of each class (`ice_tf.gda.class_means`).
+
+    Example:
+      class_means(z, labels, num_classes=3)  # (3, 2)
+    """
     return gda_lib.class_means(z, labels, num_classes)
 
 
 def nearest_mean_distance(points, means):
-    """Mean over points of the Euclidean distance to the nearest of `means`."""
+    """Mean over points of the Euclidean distance to the nearest of `means`.
+
+    Example:
+      nearest_mean_distance(outliers, means)  # (n,) distances
+    """
     diff = np.asarray(points, dtype=np.float64)[:, None, :] - np.asarray(means, dtype=np.float64)[None]
     return float(np.mean(np.min(np.linalg.norm(diff, axis=-1), axis=1)))
 
@@ -219,6 +268,9 @@ def make_toy_head(method, z, labels, num_classes):
     "oe": a linear head (`ice_tf.layers.make_head("linear")`) set to the GDA classifier of
     Eq. (0.9), as the paper initialises w_i, b_i. "ice": a `GaussianLayer` fitted by
     `initialize_from_features` (class means, Cholesky factor of the tied covariance).
+
+    Example:
+      head = make_toy_head("ice", z, labels, num_classes=3)
     """
     from ice_tf import layers
 
@@ -234,7 +286,11 @@ def make_toy_head(method, z, labels, num_classes):
 
 
 def toy_loss(method, weight=1.0):
-    """The project's loss for `method` ("oe" or "ice") with λ = weight."""
+    """The project's loss for `method` ("oe" or "ice") with λ = weight.
+
+    Example:
+      loss = toy_loss("oe", weight=0.5)
+    """
     from ice_tf import losses
 
     _check_method(method)
@@ -276,11 +332,20 @@ def feature_gradients(loss, head, z, labels, outliers):
 
     Returns:
       (grad_z, grad_outliers), float64 arrays shaped like z and outliers.
+
+    Example:
+      grad_in, grad_out = feature_gradients(toy_loss("oe"), head, z, labels, outliers)
     """
     return _gradient_function(loss, head)(z, labels, outliers)
 
 
 class Snapshot(NamedTuple):
+    """Features and outliers at one step of `simulate_feature_shift`.
+
+    Example:
+      snapshots = simulate_feature_shift("oe", z, labels, outliers, snapshot_steps=(0, 30, 60))
+      snapshots[-1].outliers
+    """
     step: int
     features: np.ndarray
     outliers: np.ndarray
@@ -301,6 +366,9 @@ def simulate_feature_shift(method, z, labels, outliers, num_steps=60, learning_r
 
     Returns:
       A list of `Snapshot(step, features, outliers)`, in step order.
+
+    Example:
+      snapshots = simulate_feature_shift("ice", z, labels, outliers, num_steps=60)
     """
     _check_method(method)
     num_steps = int(num_steps)
@@ -330,7 +398,11 @@ def simulate_feature_shift(method, z, labels, outliers, num_steps=60, learning_r
 
 
 def outlier_distances(snapshots, labels, num_classes):
-    """Mean distance of the outliers to the nearest current class mean, per snapshot."""
+    """Mean distance of the outliers to the nearest current class mean, per snapshot.
+
+    Example:
+      outlier_distances(snapshots, labels, num_classes=3)  # per step
+    """
     return [
         nearest_mean_distance(s.outliers, class_means(s.features, labels, num_classes))
         for s in snapshots

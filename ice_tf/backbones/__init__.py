@@ -72,7 +72,11 @@ def register(name: str, *, overwrite: bool = False) -> Callable[[BackboneBuilder
 
 
 def names() -> list[str]:
-    """Sorted names of all registered backbones."""
+    """Sorted names of all registered backbones.
+
+    Example:
+      names()  # ['densenet40_12', 'small_cnn', 'wrn34_10', 'wrn40_2']
+    """
     return sorted(_BUILDERS)
 
 

@@ -29,21 +29,34 @@ from ice_tf.cli import experiment_flags, runner  # noqa: E402
 from ice_tf import evaluation, experiment, run_folder  # noqa: E402
 from ice_tf.config import METHOD_FIELDS  # noqa: E402
 
-experiment_flags.define_flags()
-flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Loss names, each a variant with defaults.")
-flags.DEFINE_multi_string("variant", [], "label:key=value,key=value config overrides (repeatable).")
-flags.DEFINE_list("seeds", ["1"], "Seeds; each variant runs once per seed.")
-flags.DEFINE_multi_string(
-    "group", [], "name:label+label OOD-set groups for the summary (default: all sets together)."
-)
-experiment_flags.define_run_flags()
-flags.DEFINE_bool("rerun", False, "The same as --overwrite (its earlier name).")
-flags.register_validator("seeds", lambda s: s and all(x.lstrip("-").isdigit() for x in s),
-                         "--seeds must be a non-empty list of integers.")
 FLAGS = flags.FLAGS
 
 
+def define_flags():
+    """Defines the flags of `ice-tf compare` (once per process: `run` calls it).
+
+    Example:
+      define_flags()  # then flags.FLAGS(argv)
+    """
+    experiment_flags.define_flags()
+    flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Loss names, each a variant with defaults.")
+    flags.DEFINE_multi_string("variant", [], "label:key=value,key=value config overrides (repeatable).")
+    flags.DEFINE_list("seeds", ["1"], "Seeds; each variant runs once per seed.")
+    flags.DEFINE_multi_string(
+        "group", [], "name:label+label OOD-set groups for the summary (default: all sets together)."
+    )
+    experiment_flags.define_run_flags()
+    flags.DEFINE_bool("rerun", False, "The same as --overwrite (its earlier name).")
+    flags.register_validator("seeds", lambda s: s and all(x.lstrip("-").isdigit() for x in s),
+                             "--seeds must be a non-empty list of integers.")
+
+
 def parse_variants(methods, variant_specs):
+    """{label: config overrides} from --methods and --variant specs.
+
+    Example:
+      parse_variants(["ce"], ["ice_0.1:loss=ice,loss_weight=0.1"])
+    """
     variants = {method: {"loss": method} for method in methods}
     for spec in variant_specs:
         label, sep, overrides = spec.partition(":")
@@ -56,6 +69,11 @@ def parse_variants(methods, variant_specs):
 
 
 def parse_groups(specs):
+    """{group name: [OOD set labels]} from --group specs name:label+label.
+
+    Example:
+      parse_groups(["far:mnist+textures"])  # {"far": ["mnist", "textures"]}
+    """
     groups = {}
     for spec in specs:
         name, sep, labels = spec.partition(":")
@@ -67,6 +85,11 @@ def parse_groups(specs):
 
 @experiment_flags.one_line_errors
 def main(argv):
+    """Trains (or reuses) every variant and seed, then writes and prints the comparison.
+
+    Example:
+      run(["ice-tf compare", "--flagfile=demo", "--seeds=1,2"])
+    """
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -139,6 +162,7 @@ def run(argv=None):
     Example:
       run(["ice-tf compare", "--helpshort"])
     """
+    define_flags()
     runner.run(main, __doc__, argv)
 
 

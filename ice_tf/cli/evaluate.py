@@ -37,24 +37,36 @@ import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loadi
 from ice_tf import detectors, evaluation, experiment, run_data  # noqa: E402
 from ice_tf.config import ExperimentConfig  # noqa: E402
 
-flags.DEFINE_string("model", None, "A run folder (with model.keras and config.json) or a .keras file.")
-flags.DEFINE_list("scores", [], f"Scores to evaluate ({', '.join(detectors.names())}); default: the run's.")
-flags.DEFINE_string("set", "", "Config overrides, key=value,key=value (lists joined with '+').")
-flags.DEFINE_multi_string("ood", [], "label=PATH: an OOD set from an image folder, .npy or "
-                          ".npz of images (repeatable).")
-flags.DEFINE_bool("keep_ood_datasets", False, "Evaluate --ood sets besides the run's own.")
-flags.DEFINE_string("output", None, "Output JSON path; default: evaluation-<protocol>.json beside the model.")
-experiment_flags.define_detector_flags()
-flags.mark_flag_as_required("model")
-flags.register_validator(
-    "scores", lambda names: all(n in detectors.names() for n in names),
-    f"--scores must be among {', '.join(detectors.names())}.",
-)
 FLAGS = flags.FLAGS
 
 
+def define_flags():
+    """Defines the flags of `ice-tf evaluate` (once per process: `run` calls it).
+
+    Example:
+      define_flags()  # then flags.FLAGS(argv)
+    """
+    flags.DEFINE_string("model", None, "A run folder (with model.keras and config.json) or a .keras file.")
+    flags.DEFINE_list("scores", [], f"Scores to evaluate ({', '.join(detectors.names())}); default: the run's.")
+    flags.DEFINE_string("set", "", "Config overrides, key=value,key=value (lists joined with '+').")
+    flags.DEFINE_multi_string("ood", [], "label=PATH: an OOD set from an image folder, .npy or "
+                              ".npz of images (repeatable).")
+    flags.DEFINE_bool("keep_ood_datasets", False, "Evaluate --ood sets besides the run's own.")
+    flags.DEFINE_string("output", None, "Output JSON path; default: evaluation-<protocol>.json beside the model.")
+    experiment_flags.define_detector_flags()
+    flags.mark_flag_as_required("model")
+    flags.register_validator(
+        "scores", lambda names: all(n in detectors.names() for n in names),
+        f"--scores must be among {', '.join(detectors.names())}.",
+    )
+
+
 def load_run(model_path):
-    """(model, config, model_path) from a run folder or a .keras file."""
+    """(model, config, model_path) from a run folder or a .keras file.
+
+    Example:
+      model, config, path = load_run("runs/demo/ice/seed1")
+    """
     if os.path.isdir(model_path):
         try:
             return experiment.load_run(model_path)
@@ -72,7 +84,11 @@ def load_run(model_path):
 
 
 def ood_spec(item):
-    """--ood label=PATH as an OOD set spec: a folder (image_folder), .npy or .npz."""
+    """--ood label=PATH as an OOD set spec: a folder (image_folder), .npy or .npz.
+
+    Example:
+      ood_spec("isun=/data/iSUN")  # 'isun=image_folder:/data/iSUN'
+    """
     label, sep, path = item.partition("=")
     if not sep or not label or not path:
         raise app.UsageError(f"--ood={item!r}: use label=PATH (a folder, .npy or .npz).")
@@ -86,6 +102,11 @@ def ood_spec(item):
 
 
 def main(argv):
+    """Evaluates the model with every score asked for and writes JSON and markdown.
+
+    Example:
+      run(["ice-tf evaluate", "--model=runs/demo/ice/seed1"])
+    """
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     del argv
     model, config, model_path = load_run(FLAGS.model)
@@ -126,6 +147,7 @@ def run(argv=None):
     Example:
       run(["ice-tf evaluate", "--helpshort"])
     """
+    define_flags()
     runner.run(main, __doc__, argv)
 
 

@@ -155,6 +155,9 @@ def config_from_flags(flag_values=flags.FLAGS, shared_among_methods=False, **ove
 
     With `shared_among_methods` the method fields that `loss` does not take are kept
     (and not checked): `config.for_loss(name)` gives each method its own.
+
+    Example:
+      config = config_from_flags(flags.FLAGS, epochs=1)
     """
     names = _field_types()
     values = {name: flag_values[name].value for name in names if name in flag_values}
@@ -222,7 +225,11 @@ def to_flagfile(config):
 
 
 def parse_overrides(text):
-    """'key=value,key=value' -> dict of typed config values (for --variant)."""
+    """'key=value,key=value' -> dict of typed config values (for --variant).
+
+    Example:
+      parse_overrides("loss=ice,loss_weight=0.1")  # {"loss": "ice", "loss_weight": 0.1}
+    """
     types = _field_types()
     overrides = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -285,14 +292,22 @@ def one_line_errors(main):
 
 
 def quiet_tensorflow_logging(flag_values=flags.FLAGS):
-    """Hides TensorFlow's INFO lines (SavedModel writing) unless --verbosity was given."""
+    """Hides TensorFlow's INFO lines (SavedModel writing) unless --verbosity was given.
+
+    Example:
+      quiet_tensorflow_logging(flags.FLAGS)  # first thing in a main
+    """
     if not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
         std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
 
 
 def define_detector_flags(flag_values=flags.FLAGS):
-    """The post-hoc detector flags shared by evaluate.py and table2.py."""
+    """The post-hoc detector flags shared by evaluate.py and table2.py.
+
+    Example:
+      define_detector_flags()  # --odin_temperature, --odin_epsilon, ...
+    """
     flags.DEFINE_float("odin_temperature", 1000.0, "ODIN temperature T.", flag_values=flag_values)
     flags.DEFINE_float("odin_epsilon", 0.0014, "ODIN input noise ε, in [0, 1] pixel units.",
                        flag_values=flag_values)
@@ -305,7 +320,11 @@ def define_detector_flags(flag_values=flags.FLAGS):
 
 
 def detector_options(flag_values=flags.FLAGS):
-    """The detector flags as `ice_tf.detectors.for_run` keyword arguments."""
+    """The detector flags as `ice_tf.detectors.for_run` keyword arguments.
+
+    Example:
+      detectors.for_run("odin", config, model_path, **detector_options())
+    """
     return dict(odin_temperature=flag_values.odin_temperature, odin_epsilon=flag_values.odin_epsilon,
                 mahalanobis_epsilon=flag_values.mahalanobis_epsilon, refit=flag_values.refit)
 

@@ -21,19 +21,32 @@ from ice_tf.cli import experiment_flags, runner  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
 from ice_tf import export, scores  # noqa: E402
 
-flags.DEFINE_string("model", None, "A .keras file written by ice-tf train.")
-flags.DEFINE_string("output", None, "Output SavedModel folder.")
-flags.DEFINE_string("score", None, f"Score output: {', '.join(scores.names())}; unset = the head's default.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
-flags.mark_flags_as_required(["model", "output"])
-flags.register_validator("model", lambda p: p.endswith(".keras"), "--model must be a .keras file.")
-flags.register_validator(
-    "score", lambda s: s is None or s in scores.names(), f"--score must be one of {scores.names()}."
-)
 FLAGS = flags.FLAGS
 
 
+def define_flags():
+    """Defines the flags of `ice-tf export` (once per process: `run` calls it).
+
+    Example:
+      define_flags()  # then flags.FLAGS(argv)
+    """
+    flags.DEFINE_string("model", None, "A .keras file written by ice-tf train.")
+    flags.DEFINE_string("output", None, "Output SavedModel folder.")
+    flags.DEFINE_string("score", None, f"Score output: {', '.join(scores.names())}; unset = the head's default.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
+    flags.mark_flags_as_required(["model", "output"])
+    flags.register_validator("model", lambda p: p.endswith(".keras"), "--model must be a .keras file.")
+    flags.register_validator(
+        "score", lambda s: s is None or s in scores.names(), f"--score must be one of {scores.names()}."
+    )
+
+
 def main(argv):
+    """Exports --model as a SavedModel at --output.
+
+    Example:
+      run(["ice-tf export", "--model=runs/ice/model.keras", "--output=exported"])
+    """
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     del argv
     model = keras.models.load_model(FLAGS.model, compile=False)
@@ -47,6 +60,7 @@ def run(argv=None):
     Example:
       run(["ice-tf export", "--helpshort"])
     """
+    define_flags()
     runner.run(main, __doc__, argv)
 
 

@@ -20,13 +20,26 @@ from absl import app, flags  # noqa: E402
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
 from ice_tf import evaluation, experiment, run_folder  # noqa: E402
 
-experiment_flags.define_flags()
-experiment_flags.define_run_flags()
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines the flags of `ice-tf train` (once per process: `run` calls it).
+
+    Example:
+      define_flags()  # then flags.FLAGS(argv)
+    """
+    experiment_flags.define_flags()
+    experiment_flags.define_run_flags()
 
 
 @experiment_flags.one_line_errors
 def main(argv):
+    """Trains, evaluates and exports one run (or dry-runs it).
+
+    Example:
+      run(["ice-tf train", "--flagfile=demo", "--dry_run"])
+    """
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -48,6 +61,7 @@ def run(argv=None):
     Example:
       run(["ice-tf train", "--helpshort"])
     """
+    define_flags()
     runner.run(main, __doc__, argv)
 
 

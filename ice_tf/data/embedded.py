@@ -31,7 +31,11 @@ NEAR_OOD_HELDOUT_CLASSES = (4, 6, 7, 9)
 
 
 def embedded_dir():
-    """The folder holding the embedded `.npz` files (`$ICE_TF_EMBEDDED_DIR` if set)."""
+    """The folder holding the embedded `.npz` files (`$ICE_TF_EMBEDDED_DIR` if set).
+
+    Example:
+      embedded_dir() / "fashion_mnist.npz"
+    """
     override = os.environ.get(EMBEDDED_DIR_ENV)
     if override:
         return Path(override)
@@ -49,7 +53,11 @@ def _read_npz(path, modified_ns):
 
 
 def read_arrays(file_name):
-    """All arrays of one embedded `.npz` file, as a dict (cached; read-only)."""
+    """All arrays of one embedded `.npz` file, as a dict (cached; read-only).
+
+    Example:
+      read_arrays("fashion_mnist.npz")["train_images"].shape  # (13000, 28, 28)
+    """
     path = embedded_dir() / file_name
     if not path.is_file():
         raise FileNotFoundError(
@@ -75,6 +83,7 @@ class EmbeddedSource:
         self.relabel = relabel
 
     def open(self, split, options, *, dataset_name):
+        """`Examples` of one split (the source protocol of `ice_tf.data.load`)."""
         arrays = read_arrays(self.file_name)
         image_key, label_key = self.splits[split]
         for key in (image_key, label_key):

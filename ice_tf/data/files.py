@@ -53,7 +53,11 @@ def _require_path(options, dataset_name, what):
 
 
 def list_images(folder):
-    """Image files under `folder`, recursively, as sorted paths (a fixed order)."""
+    """Image files under `folder`, recursively, as sorted paths (a fixed order).
+
+    Example:
+      list_images("/data/iSUN")[:2]  # ['/data/iSUN/a.jpg', ...]
+    """
     found = []
     for root, _, files in os.walk(folder):
         for file_name in files:
@@ -72,6 +76,9 @@ def image_file_problem(file_path):
 
     Reads the first and last bytes only: a truncated PNG lacks its IEND chunk, a
     truncated JPEG its end-of-image marker, a truncated BMP the size its header gives.
+
+    Example:
+      image_file_problem("cut.jpg")  # 'cut.jpg is a truncated JPEG (no end marker)'
     """
     try:
         size = os.path.getsize(file_path)
@@ -117,6 +124,7 @@ class ImageFolderSource:
         return check_image_files(path) if os.path.isdir(path) else []
 
     def open(self, split, options, *, dataset_name):
+        """`Examples` of the folder's images (the source protocol of `ice_tf.data.load`)."""
         folder = _require_path(options, dataset_name, "a folder of images")
         if not os.path.isdir(folder):
             raise ValueError(f"Dataset {dataset_name!r}: {folder!r} is not a folder.")
@@ -149,6 +157,7 @@ class NpySource:
     """
 
     def open(self, split, options, *, dataset_name):
+        """`Examples` of the array's images (the source protocol of `ice_tf.data.load`)."""
         path = _require_path(options, dataset_name, "a .npy file of uint8 images")
         images = np.load(path, mmap_mode="r")
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
@@ -175,6 +184,7 @@ class NpzImagesSource:
     KEYS = ("x_test", "test_images", "x", "images")
 
     def open(self, split, options, *, dataset_name):
+        """`Examples` of the archive's images (the source protocol of `ice_tf.data.load`)."""
         path = _require_path(options, dataset_name, "a .npz of uint8 images")
         with np.load(path, allow_pickle=False) as archive:
             keys = [k for k in self.KEYS if k in archive.files] or (
@@ -193,7 +203,11 @@ class NpzImagesSource:
 
 
 def read_exclusions(path, num_rows):
-    """0-based sorted unique row indices from a file of 1-based indices, one per line."""
+    """0-based sorted unique row indices from a file of 1-based indices, one per line.
+
+    Example:
+      read_exclusions("80mn_cifar_idxs.txt", num_rows=79302017)[:3]
+    """
     with open(path) as handle:
         one_based = np.array([int(line) for line in handle if line.strip()], dtype=np.int64)
     if one_based.size and one_based.min() < 1:
@@ -203,7 +217,12 @@ def read_exclusions(path, num_rows):
 
 
 def tiny_images_reader(records):
-    """Reads records `(N, 3, 32, 32)` [image, channel, column, row] as (n, 32, 32, 3) images."""
+    """Reads records `(N, 3, 32, 32)` [image, channel, column, row] as (n, 32, 32, 3) images.
+
+    Example:
+      reader = tiny_images_reader(records)
+      images = reader(np.array([0, 5]))  # (2, 32, 32, 3)
+    """
     return lambda indices: records[indices].transpose(0, 3, 2, 1)
 
 
@@ -227,6 +246,7 @@ class TinyImagesSource:
     """
 
     def open(self, split, options, *, dataset_name):
+        """`Examples` of the file's records (the source protocol of `ice_tf.data.load`)."""
         path = _require_path(options, dataset_name, "the 80M Tiny Images .bin file")
         raw = np.memmap(path, dtype=np.uint8, mode="r")
         if raw.size == 0 or raw.size % TINY_RECORD_BYTES:

@@ -331,6 +331,7 @@ class ArraysSource:
         self.arrays = arrays
 
     def open(self, split, options, *, dataset_name):
+        """`Examples` of one split, labels kept (the source protocol of `ice_tf.data.load`)."""
         images, labels = self.arrays.splits[split]
         indices = subsample_indices(len(images), options.limit, options.seed)
         return from_arrays(images, labels, indices=indices)

@@ -281,7 +281,11 @@ def get_info(name):
 
 
 def check_split(name, split):
-    """Raises ValueError unless `split` is one of the dataset's splits."""
+    """Raises ValueError unless `split` is one of the dataset's splits.
+
+    Example:
+      check_split("textures", "train")  # ValueError: ... valid splits: test.
+    """
     info = get_info(name)
     if split not in info.splits:
         raise ValueError(
@@ -308,5 +312,9 @@ def normalization(name):
 
 
 def source_entry(name):
-    """The registry entry (info, source, which arguments it reads). For `load`."""
+    """The registry entry (info, source, which arguments it reads). For `load`.
+
+    Example:
+      source_entry("cifar10").info.num_classes  # 10
+    """
     return _entry(name)

@@ -29,7 +29,11 @@ _MAX_CONSTANT_BYTES = 64 * 2**20
 
 @dataclasses.dataclass(frozen=True)
 class LoadOptions:
-    """Everything `load` passes to a source (see `ice_tf.data.load` for the meaning)."""
+    """Everything `load` passes to a source (see `ice_tf.data.load` for the meaning).
+
+    Example:
+      LoadOptions(path="/data/iSUN", limit=1000, seed=1)
+    """
 
     data_dir: str | None = None
     path: str | None = None
@@ -42,7 +46,12 @@ class LoadOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
-    """One opened split: a fixed-order dataset, its size and an infinite shuffled stream."""
+    """One opened split: a fixed-order dataset, its size and an infinite shuffled stream.
+
+    Example:
+      examples = from_arrays(images, labels)
+      for image, label in examples.stream(seed=0).take(4): ...
+    """
 
     fixed: tf.data.Dataset
     num_examples: int | None
@@ -77,6 +86,10 @@ def row_gather(images, reader=None, image_shape=None):
     `images` is an array (or `np.memmap`) of shape (N, H, W, C) or (N, H, W). `reader`, when
     given, replaces plain indexing and returns images of `image_shape` (Tiny Images uses it
     to reorder its bytes).
+
+    Example:
+      gather = row_gather(np.zeros((10, 8, 8, 1), np.uint8))
+      gather(tf.constant([0, 3]))  # (2, 8, 8, 1)
     """
     shape = tuple(int(d) for d in (image_shape or images.shape[1:]))
     if len(shape) == 2:
@@ -102,7 +115,11 @@ def row_gather(images, reader=None, image_shape=None):
 
 
 def label_gather(labels):
-    """`indices -> labels int64`; every label is -1 when `labels` is None."""
+    """`indices -> labels int64`; every label is -1 when `labels` is None.
+
+    Example:
+      label_gather(None)(tf.constant([0, 1]))  # [-1, -1]
+    """
     if labels is None:
         return lambda indices: tf.fill(tf.shape(indices), tf.constant(-1, tf.int64))
     constant = tf.constant(np.asarray(labels).astype(np.int64))
@@ -110,7 +127,11 @@ def label_gather(labels):
 
 
 def rows_from_indices(index_dataset, gather_images, gather_labels):
-    """Turns a dataset of scalar row indices into `(image, label)` pairs, reading in batches."""
+    """Turns a dataset of scalar row indices into `(image, label)` pairs, reading in batches.
+
+    Example:
+      pairs = rows_from_indices(tf.data.Dataset.range(10), gather_images, gather_labels)
+    """
 
     def read(indices):
         return gather_images(indices), gather_labels(indices)
@@ -124,6 +145,9 @@ def permutation_stream(indices, seed, start=0):
 
     The same effect as `.shuffle(len(indices), reshuffle_each_iteration=True).repeat()`,
     with no shuffle buffer to fill at the start of each pass.
+
+    Example:
+      permutation_stream(np.arange(5), seed=0).take(10)  # two passes, each a permutation
     """
     count = len(indices)
     indices = tf.constant(np.asarray(indices, dtype=np.int64))
@@ -165,7 +189,11 @@ def from_arrays(images, labels=None, *, indices=None, reader=None, image_shape=N
 
 
 def count_examples(dataset):
-    """The number of elements of a finite dataset, from its cardinality or by iterating."""
+    """The number of elements of a finite dataset, from its cardinality or by iterating.
+
+    Example:
+      count_examples(tf.data.Dataset.range(7))  # 7
+    """
     cardinality = int(dataset.cardinality())
     if cardinality >= 0:
         return cardinality

@@ -33,7 +33,11 @@ _CHUNK = 256  # images generated at a time, to bound float temporaries
 
 
 def gaussian_kernel(sigma, truncate=4.0):
-    """A normalised 1-D Gaussian kernel of radius int(truncate * sigma + 0.5)."""
+    """A normalised 1-D Gaussian kernel of radius int(truncate * sigma + 0.5).
+
+    Example:
+      gaussian_kernel(1.0).sum()  # 1.0
+    """
     radius = int(truncate * sigma + 0.5)
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
@@ -44,6 +48,9 @@ def gaussian_filter(array, sigmas):
     """Separable Gaussian blur of `array`, one sigma per axis (0 skips it); edges repeated.
 
     Matches `scipy.ndimage.gaussian_filter(array, sigmas, mode="nearest")`.
+
+    Example:
+      smooth = gaussian_filter(noise, sigmas=(1.0, 1.0, 0.0))
     """
     result = np.asarray(array, dtype=np.float64)
     for axis, sigma in enumerate(sigmas):
@@ -103,12 +110,17 @@ def generate(name, count, image_shape, seed, split="test"):
 
 
 class SyntheticSource:
-    """Generated noise images, label -1; `limit` is the number generated (default 2,000)."""
+    """Generated noise images, label -1; `limit` is the number generated (default 2,000).
+
+    Example:
+      load("blobs", "test", limit=100, image_shape=(32, 32, 3))
+    """
 
     def __init__(self, name):
         self.name = name
 
     def open(self, split, options, *, dataset_name):
+        """`Examples` of `limit` generated images (the source protocol of `ice_tf.data.load`)."""
         count = DEFAULT_COUNT if options.limit is None else int(options.limit)
         shape = tuple(options.image_shape or DEFAULT_IMAGE_SHAPE)
         images = generate(self.name, count, shape, int(options.seed), split)

@@ -23,12 +23,20 @@ SHUFFLE_BUFFER = 50_000
 
 
 def default_data_dir():
-    """Where TFDS looks when no data_dir is given (`$TFDS_DATA_DIR` or ~/tensorflow_datasets)."""
+    """Where TFDS looks when no data_dir is given (`$TFDS_DATA_DIR` or ~/tensorflow_datasets).
+
+    Example:
+      default_data_dir()  # $TFDS_DATA_DIR or ~/tensorflow_datasets
+    """
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(tfds.core.constants.DATA_DIR)
 
 
 def not_prepared_message(tfds_name, data_dir, dataset_name):
-    """The error text for a TFDS dataset that is not prepared under data_dir."""
+    """The error text for a TFDS dataset that is not prepared under data_dir.
+
+    Example:
+      raise FileNotFoundError(not_prepared_message("svhn_cropped", None, "svhn"))
+    """
     searched = data_dir or default_data_dir()
     return (
         f"Dataset {dataset_name!r} (TFDS {tfds_name!r}) is not prepared in {searched!r}, and "

@@ -152,7 +152,7 @@ class ExperimentConfig:
 
     def for_loss(self, loss):
         """This config for another method, with the method fields it does not take unset
-        (scripts/compare.py shares one set of flags among methods)."""
+        (ice-tf compare shares one set of flags among methods)."""
         config = self.replace(loss=loss)
         return config.replace(**{field: None for field in config.inapplicable_method_fields()})
 

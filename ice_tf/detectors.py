@@ -418,7 +418,7 @@ class Mahalanobis(Detector):
         if not self.fitted:
             raise ValueError(
                 "the Mahalanobis detector has no statistics: call fit(model, train_dataset) first "
-                "(scripts/evaluate.py does this from the run's config)."
+                "(ice-tf evaluate does this from the run's config)."
             )
         if not (hasattr(model, "features") and hasattr(model, "head")):
             raise ValueError("Mahalanobis needs a model with `features` and `head` (an OODModel).")

@@ -284,7 +284,7 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
 
 
 def plan_runs(configs, overwrite=False):
-    """{key: "reuse" or "train"} for several runs (scripts/compare.py), checked before
+    """{key: "reuse" or "train"} for several runs (ice-tf compare), checked before
     anything trains: a finished run of the same config is reused; a folder of another
     config, finished or not, is refused with a `RunFolderError` naming the fields that
     differ, unless `overwrite`.

@@ -4,7 +4,7 @@
   backend, no global state): `new_figure`, saved as PNG through a temporary file in
   the same folder and `os.replace`, so a failed run never leaves half a PNG
   (`save_png`).
-* Run folders (`<runs_dir>/<method>/seed<k>`, as scripts/compare.py writes them):
+* Run folders (`<runs_dir>/<method>/seed<k>`, as ice-tf compare writes them):
   `run_folders`, `check_run_folders`, `load_scores` from `ice_tf.run_folder`.
 * t-SNE for Fig. 4 (`tsne_embedding`). scikit-learn's TSNE has no `transform`, so OOD
   features are placed in one of two ways:

@@ -24,7 +24,7 @@ results.json, *finished* with it. `prepare_for_training` enforces the contract: 
 finished folder or another config is refused unless `overwrite`; the same config
 into an unfinished folder resumes from checkpoints/ (ice_tf.experiment.run).
 
-scripts/compare.py puts runs at <runs_dir>/<label>/seed<k> (`method_run`); every
+ice-tf compare puts runs at <runs_dir>/<label>/seed<k> (`method_run`); every
 script that reads runs takes them from here, by label and seed or as 'label:folder'
 specs (`parse_label_folder`).
 
@@ -362,7 +362,7 @@ def check_folder(folder, config_dict, overwrite=False):
 
 
 def finished_with(folder, config_dict):
-    """Whether `folder` holds a finished run of this config (scripts/compare.py reuses it).
+    """Whether `folder` holds a finished run of this config (ice-tf compare reuses it).
 
     Example:
       finished_with("runs/demo/ice/seed1", config.to_dict())  # True after the demo
@@ -424,7 +424,7 @@ def without_timing(record):
 
 
 def method_run(runs_dir, label, seed):
-    """<runs_dir>/<label>/seed<seed>, where scripts/compare.py puts a run.
+    """<runs_dir>/<label>/seed<seed>, where ice-tf compare puts a run.
 
     Example:
       method_run("runs/demo", "ice", 1)  # 'runs/demo/ice/seed1'

@@ -7,7 +7,7 @@
 
 Reads <run>/analysis/*.jsonl, written when a run trains with
 --analyses=gradient_meter,shift,confidence (see docs/analyses.md). With --runs_dir the
-methods are the folders <runs_dir>/<label>/seed<k> (as scripts/compare.py writes them) that
+methods are the folders <runs_dir>/<label>/seed<k> (as ice-tf compare writes them) that
 hold analyses. The markdown table (contradictory-gradient fractions, distances of
 outlier and in-distribution features to the class centres, their ratio and overlap, and
 the probe confidences) is printed and written to --output (default

@@ -6,7 +6,7 @@
       --output=runs/demo/calibration-ice-oe.png
 
 `--runs_dir` reads `<runs_dir>/<method>/seed<seed>` for each of `--methods` (the layout
-scripts/compare.py writes); `--run=label:folder` (repeatable) names run folders
+ice-tf compare writes); `--run=label:folder` (repeatable) names run folders
 directly. The confidence is `ice_tf.scores.confidence`: exp(max h) for a Gaussian
 head (ICE, Eq. 0.11), max softmax for a linear head.
 

@@ -41,7 +41,7 @@ from ice_tf.run_folder import without_timing  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = [
-    "--flagfile=flags/demo.flags", "--loss=ice", "--limit_train=192", "--batch_in=32",
+    "--flagfile=demo", "--loss=ice", "--limit_train=192", "--batch_in=32",
     "--batch_out=64", "--epochs=3", "--learning_rate=0.01", "--eval_limit=100",
     "--eval_draws=1", "--ood_datasets=gaussian", "--deterministic",
 ]

@@ -9,9 +9,9 @@ model with its own score (its config's `score`: MSP for OE, the energy score for
 Energy, max h for ICE). Columns: AUPR-In, AUROC and FPR95 (in-distribution
 positive), each the mean over the OOD sets of the run's config, and in-distribution
 accuracy; percentages. `--runs_dir` means <runs_dir>/{ce,oe,energy,ice}/seed<k>, the
-layout scripts/compare.py writes. Writes table2.md and table2.json into --output_dir
+layout ice-tf compare writes. Writes table2.md and table2.json into --output_dir
 (default: --runs_dir, else the plain run's parent folder). Mahalanobis statistics
-are fitted once and saved in the plain run (see scripts/evaluate.py).
+are fitted once and saved in the plain run (see ice-tf evaluate).
 """
 
 import json

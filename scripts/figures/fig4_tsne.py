@@ -4,7 +4,7 @@
   python scripts/figures/fig4_tsne.py --placement=knn --ood_set=mnist
   python scripts/figures/fig4_tsne.py --run=ce:runs/a/ce/seed1 --run=ice:runs/a/ice/seed1
 
-For each trained run (a folder with model.keras and config.json, as scripts/compare.py
+For each trained run (a folder with model.keras and config.json, as ice-tf compare
 writes them) the penultimate features z = `model.features(x)` of `--num_in`
 in-distribution test images and `--num_ood` images of one OOD test set are embedded in
 2-D with t-SNE; in-distribution points are coloured by class, OOD points are black.

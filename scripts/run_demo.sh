@@ -11,4 +11,4 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -r requirements/cpu.txt
 python -m pip install --quiet --no-deps -e .
 export TF_CPP_MIN_LOG_LEVEL=2
-python scripts/compare.py --flagfile=flags/demo.flags "$@"
+ice-tf demo "$@"

@@ -98,7 +98,8 @@ CORE = ("layers", "losses", "gda", "scores", "metrics", "calibration", "models",
         "export", "backbones", "data", "atomic_io")
 MACHINERY = ("config", "run_data", "run_folder", "detectors", "evaluation", "experiment",
              "analysis", "callbacks")
-FIGURES = ("toy", "plotting", "report")  # the user-facing top: figures, one-call evaluation
+# The user-facing top: figures, the one-call evaluation, the command line.
+FIGURES = ("toy", "plotting", "report", "cli", "__main__")
 
 
 def _layer_of(module):

@@ -2,6 +2,7 @@
 packaging (console command, flag files as package data, TensorFlow named when missing)."""
 
 import configparser
+import re
 import os
 import pathlib
 import subprocess
@@ -173,3 +174,48 @@ def test_setup_lists_every_package_and_ships_the_flag_files():
                for p in (REPO / "flags").glob(pattern)}
     assert shipped == {p.relative_to(REPO / "flags") for p in (REPO / "flags").rglob("*.flags")}
     assert "ice-tf = ice_tf.cli:main" in config["options.entry_points"]["console_scripts"]
+
+
+# ------------------------------------------------------------- documented commands
+def _documented_commands():
+    """Every `ice-tf <command> ...` line of README.md, BUILD.md, docs/ and the commands'
+    own docstrings, with continuation lines joined."""
+    sources = [REPO / "README.md", REPO / "BUILD.md", *sorted((REPO / "docs").glob("*.md")),
+               *sorted((REPO / "ice_tf" / "cli").glob("*.py")), *sorted((REPO / "flags").rglob("*.flags"))]
+    found = []
+    for source in sources:
+        text = source.read_text().replace("\\\\\n", " ").replace("\\\n", " ")
+        for line in text.splitlines():
+            # A command in code: followed by flags, a comment, a backtick or the line's end.
+            for match in re.finditer(r"ice-tf (\w+)((?: +--?[\w.=/:<>,+@-]*)*)(?=$|`| +#| +\"| *\)|')",
+                                     line):
+                found.append((source.name, match.group(1), match.group(2).split()))
+    return found
+
+
+def _known_flags():
+    names = set(ExperimentConfig.__dataclass_fields__) | {"overwrite", "helpshort", "help", "helpfull",
+                                                          "flagfile", "verbosity"}
+    for path in (REPO / "ice_tf" / "cli").glob("*.py"):
+        names |= set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', path.read_text()))
+    return names | {f"no{name}" for name in names}
+
+
+def test_every_documented_command_names_real_commands_flags_and_flag_files(tmp_path):
+    from ice_tf.cli import COMMANDS
+
+    commands = _documented_commands()
+    assert len(commands) > 30
+    known = _known_flags()
+    for source, command, args in commands:
+        assert command in COMMANDS, (source, command)
+        for arg in args:
+            if not arg.startswith("--"):
+                continue
+            name, _, value = arg[2:].partition("=")
+            if not name:
+                continue
+            assert name in known, (source, command, arg)
+            placeholder = any(part in value for part in ("<", "...", "PATH", "runs/"))
+            if name == "flagfile" and not placeholder:
+                flagfiles.resolve(value, tmp_path)  # raises when it names no file

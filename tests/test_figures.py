@@ -394,5 +394,5 @@ def test_roc_script_names_the_command_that_creates_missing_runs(scripts):
     process, output, _, _ = scripts["runs"]["roc_missing"]
     _, err, _ = finish(scripts, "roc_missing", expect_success=False)
     assert process.returncode != 0
-    assert "python scripts/compare.py --flagfile=flags/demo.flags" in err
+    assert "ice-tf demo" in err
     assert not os.path.exists(output)

@@ -156,14 +156,7 @@ def main(argv):
     print("\n" + header + table)
 
 
-def run(argv=None):
-    """Runs the command (`ice-tf compare ...`); `argv` defaults to sys.argv.
-
-    Example:
-      run(["ice-tf compare", "--helpshort"])
-    """
-    define_flags()
-    runner.run(main, __doc__, argv)
+run = runner.command(define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -141,14 +141,7 @@ def main(argv):
     print(f"Written: {output}")
 
 
-def run(argv=None):
-    """Runs the command (`ice-tf evaluate ...`); `argv` defaults to sys.argv.
-
-    Example:
-      run(["ice-tf evaluate", "--helpshort"])
-    """
-    define_flags()
-    runner.run(main, __doc__, argv)
+run = runner.command(define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -54,14 +54,7 @@ def main(argv):
     print(f"SavedModel written to {path}")
 
 
-def run(argv=None):
-    """Runs the command (`ice-tf export ...`); `argv` defaults to sys.argv.
-
-    Example:
-      run(["ice-tf export", "--helpshort"])
-    """
-    define_flags()
-    runner.run(main, __doc__, argv)
+run = runner.command(define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

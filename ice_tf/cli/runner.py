@@ -113,4 +113,21 @@ def run(main, doc="", argv=None, command=None):
             flags_parser=lambda args: parse(args, flags.FLAGS, doc, command))
 
 
-__all__ = ["run", "parse", "grouped_help", "HELP_ARGS"]
+def command(define_flags, main, doc):
+    """A command module's `run(argv=None)`: defines its flags (once), then `run`s `main`.
+
+    Example:
+      run = runner.command(define_flags, main, __doc__)   # in ice_tf/cli/train.py
+      run(["ice-tf train", "--flagfile=demo", "--dry_run"])
+    """
+
+    def run_command(argv=None):
+        define_flags()
+        run(main, doc, argv)
+
+    run_command.__doc__ = ("Runs the command with `argv` (default: sys.argv): its flags are "
+                           "defined, flag files expanded, and user errors printed in one line.")
+    return run_command
+
+
+__all__ = ["run", "command", "parse", "grouped_help", "HELP_ARGS"]

@@ -55,14 +55,7 @@ def main(argv):
     print(f"Run folder: {config.output_dir}")
 
 
-def run(argv=None):
-    """Runs the command (`ice-tf train ...`); `argv` defaults to sys.argv.
-
-    Example:
-      run(["ice-tf train", "--helpshort"])
-    """
-    define_flags()
-    runner.run(main, __doc__, argv)
+run = runner.command(define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

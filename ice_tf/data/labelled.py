@@ -208,7 +208,7 @@ def _decode_all(paths):
 
 
 def _to_common_shape(images, shape):
-    from ice_tf.data.pipeline import prepare
+    from ice_tf.data.images import prepare
 
     out = np.empty((len(images), *shape), np.uint8)
     for index, image in enumerate(images):

@@ -565,7 +565,32 @@ def analysis_callbacks(config, directory=None, probe_size=None, start_epoch=0, r
     return made
 
 
+class GaussianHeadMonitor(keras.callbacks.Callback):
+    """Adds the Gaussian head's state to each epoch's logs, so metrics.jsonl shows whether
+    L's scale runs away: `head_scale_trace` = tr(L Lᵀ) / d (the mean variance of Eq. 0.11's
+    covariance), `head_scale_condition` = the condition number of L, and
+    `head_mean_norm` = the mean norm of the class means m_i. A linear head logs nothing.
+
+    Example:
+      model.fit(train, epochs=6, callbacks=[GaussianHeadMonitor(), JsonLinesLogger(path)])
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Adds the three numbers to `logs` (before the loggers that follow it write them)."""
+        from ice_tf import layers
+
+        head = getattr(self.model, "head", None)
+        if logs is None or not layers.is_gaussian_head(head):
+            return
+        scale = np.asarray(head.scale_tril, np.float64)
+        singular = np.linalg.svd(scale, compute_uv=False)
+        logs["head_scale_trace"] = float(np.sum(scale ** 2) / scale.shape[0])
+        logs["head_scale_condition"] = float(singular[0] / max(singular[-1], 1e-300))
+        logs["head_mean_norm"] = float(np.linalg.norm(np.asarray(head.means), axis=1).mean())
+
+
 __all__ = [
+    "GaussianHeadMonitor",
     "JsonLinesLogger",
     "strict_json",
     "read_records",

@@ -142,6 +142,7 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
             build_optimizer(config, epochs * steps_per_epoch),
             loss=losses.get(config.loss, **config.loss_kwargs()),
             weight_decay=config.weight_decay,
+            outlier_batchnorm=config.outlier_batchnorm,
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
         if steps_done:
@@ -160,6 +161,8 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
     callbacks = callbacks_lib.analysis_callbacks(
         config, directory=out, probe_size=8 if dry else None, start_epoch=start_epoch,
         resumed=bool(steps_done))
+    if model.gaussian_head:
+        callbacks.append(callbacks_lib.GaussianHeadMonitor())
     logger = None
     if not dry:
         logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch)

@@ -288,6 +288,7 @@ class OODModel(keras.Model):
         self.head = head
         self.ood_loss = None
         self.weight_decay = 0.0
+        self.outlier_batchnorm = "joint"
         self._all_trackers = _TrackerTable()
         # Created here, inside the caller's strategy scope.
         self._accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -348,7 +349,8 @@ class OODModel(keras.Model):
         return self.backbone(images, training=training)
 
     # ----------------------------------------------------------------- compile
-    def compile(self, optimizer="sgd", loss="ce", weight_decay=0.0, **kwargs):
+    def compile(self, optimizer="sgd", loss="ce", weight_decay=0.0, outlier_batchnorm="joint",
+                **kwargs):
         """Configures training.
 
         Args:
@@ -357,8 +359,21 @@ class OODModel(keras.Model):
           weight_decay: L2 coefficient, added to the gradient as wd * w like PyTorch's
             SGD weight_decay (the reference code uses 5e-4). It applies to the backbone
             and a linear head, not to the Gaussian head's means and scale.
+          outlier_batchnorm: how the outliers meet the backbone's BatchNorm layers
+            (`OUTLIER_BATCHNORM`): "joint", one pass over the concatenated batch, so the
+            batch statistics and the moving averages mix both halves (the reference code);
+            "separate", a second training-mode pass for the outliers with their own batch
+            statistics, the moving averages left to the in-distribution pass; "frozen", the
+            outliers normalised with the moving averages (in-distribution images only).
           **kwargs: passed to `keras.Model.compile` (e.g. `steps_per_execution`).
+
+        Example:
+          model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="ice", weight_decay=5e-4)
         """
+        if outlier_batchnorm not in OUTLIER_BATCHNORM:
+            raise ValueError(f"outlier_batchnorm={outlier_batchnorm!r}: choose one of "
+                             f"{', '.join(OUTLIER_BATCHNORM)}.")
+        self.outlier_batchnorm = outlier_batchnorm
         if kwargs.get("loss") is not None or kwargs.get("metrics"):
             raise ValueError("OODModel tracks its own loss terms and accuracy; pass `loss=` only.")
         self.ood_loss = losses_lib.get(loss)
@@ -381,6 +396,7 @@ class OODModel(keras.Model):
             "optimizer": keras.saving.serialize_keras_object(self.optimizer),
             "loss": keras.saving.serialize_keras_object(self.ood_loss),
             "weight_decay": self.weight_decay,
+            "outlier_batchnorm": self.outlier_batchnorm,
         }
 
     def compile_from_config(self, config):
@@ -388,6 +404,7 @@ class OODModel(keras.Model):
             optimizer=keras.saving.deserialize_keras_object(config["optimizer"]),
             loss=keras.saving.deserialize_keras_object(config["loss"]),
             weight_decay=config.get("weight_decay", 0.0),
+            outlier_batchnorm=config.get("outlier_batchnorm", "joint"),
         )
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -423,12 +440,32 @@ class OODModel(keras.Model):
         if outliers is None:
             outputs = self(images, training=training)
             outputs_in, outputs_out = outputs, None
-        else:
+        elif self.outlier_batchnorm == "joint" or not training:
             batch = tf.concat([images, tf.cast(outliers, images.dtype)], axis=0)
             outputs = self(batch, training=training)
             outputs_in, outputs_out = outputs[:num_in], outputs[num_in:]
+        else:
+            outputs_in = self(images, training=True)
+            outputs_out = self._outlier_pass(tf.cast(outliers, images.dtype))
         terms = self.ood_loss.terms(labels, outputs_in, outputs_out)
         return labels, outputs_in, terms, self.ood_loss.combine(terms)
+
+    def _batchnorm_moving_variables(self):
+        return [v for layer in self.backbone._flatten_layers()
+                if isinstance(layer, keras.layers.BatchNormalization)
+                for v in (layer.moving_mean, layer.moving_variance)]
+
+    def _outlier_pass(self, outliers):
+        """The outliers' outputs under `outlier_batchnorm` "separate" or "frozen"."""
+        if self.outlier_batchnorm == "frozen":
+            return self(outliers, training=False)
+        moving = self._batchnorm_moving_variables()
+        kept = [tf.identity(v) for v in moving]
+        outputs = self(outliers, training=True)
+        with tf.control_dependencies([outputs]):
+            for variable, value in zip(moving, kept):  # the averages stay in-distribution
+                variable.assign(value)
+        return tf.identity(outputs)
 
     def _update_trackers(self, labels, outputs_in, terms, loss):
         self._trackers["loss"].update_state(loss)
@@ -755,6 +792,10 @@ def build_model(backbone, input_shape, num_classes, head="linear", strategy=None
                         normalization=normalization, name=f"{backbone}_{head}")
 
 
+# How outliers meet BatchNorm during training (OODModel.compile's outlier_batchnorm).
+OUTLIER_BATCHNORM = ("joint", "separate", "frozen")
+
+
 def is_model_file(backbone):
     """Whether a backbone setting names a Keras model file (`PATH.keras`) rather than a
     registered backbone.
@@ -832,6 +873,6 @@ def build_from_file(path, num_classes, head="linear", *, fresh_weights, normaliz
     return model
 
 
-__all__ = ["OODModel", "build_model", "build_from_file", "is_model_file", "load_model_file",
+__all__ = ["OODModel", "OUTLIER_BATCHNORM", "build_model", "build_from_file", "is_model_file", "load_model_file",
            "model_file_input_shape", "classifier_parts", "ClassifierFeatures",
            "fit_gaussian_head", "FINETUNE_RIDGE", "unpack_batch"]

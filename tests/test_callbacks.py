@@ -229,3 +229,18 @@ def test_the_metrics_log_writes_non_finite_values_as_null(tmp_path):
     logger.on_epoch_end(0, {"loss": float("nan"), "accuracy": 0.5, "ce": float("inf")})
     record = json.loads(open(tmp_path / "metrics.jsonl").read())  # strict JSON
     assert record["loss"] is None and record["ce"] is None and record["accuracy"] == 0.5
+
+
+def test_gaussian_head_monitor_logs_the_scale_of_l():
+    from helpers import blob_data, tiny_backbone, zipped_dataset
+    from ice_tf import callbacks, layers, models
+
+    images, labels, outliers = blob_data()
+    model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 3))
+    model.compile(keras.optimizers.SGD(0.01), loss="ice")
+    history = model.fit(zipped_dataset(images, labels, outliers), epochs=2, verbose=0,
+                        callbacks=[callbacks.GaussianHeadMonitor()])
+    scale = model.head.scale_tril.numpy().astype(np.float64)
+    assert history.history["head_scale_trace"][-1] == pytest.approx(np.sum(scale ** 2) / 8, rel=1e-5)
+    assert history.history["head_scale_condition"][-1] == pytest.approx(np.linalg.cond(scale), rel=1e-4)
+    assert history.history["head_scale_condition"][0] >= 1.0

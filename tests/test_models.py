@@ -183,3 +183,32 @@ def test_a_registered_method_trains_and_logs_its_own_terms():
         assert np.isfinite(history.history["squared_out"][-1])
     finally:
         losses.LOSSES.pop("squared_oe")
+
+
+# ------------------------------------------------- outliers and BatchNorm (outlier_batchnorm)
+def _moving_means_after_one_step(loss, outlier_batchnorm, data):
+    keras.utils.set_random_seed(0)
+    model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 3))
+    model.compile(keras.optimizers.SGD(0.01), loss=loss, outlier_batchnorm=outlier_batchnorm)
+    model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    return [v.numpy() for v in model._batchnorm_moving_variables()]
+
+
+@pytest.mark.parametrize("mode", ["separate", "frozen"])
+def test_outliers_leave_the_moving_averages_to_in_distribution_images(mode):
+    images, labels, outliers = blob_data()
+    data = zipped_dataset(images, labels, outliers)
+    plain = _moving_means_after_one_step("ce", "joint", data)  # ce never passes the outliers
+    for got, want in zip(_moving_means_after_one_step("ice", mode, data), plain):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    joint = _moving_means_after_one_step("ice", "joint", data)
+    assert not np.allclose(joint[0], plain[0], atol=1e-6)  # the reference mixes them in
+
+
+def test_outlier_batchnorm_is_checked_and_saved(tmp_path):
+    model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 3))
+    with pytest.raises(ValueError, match="choose one of joint, separate, frozen"):
+        model.compile("sgd", loss="ice", outlier_batchnorm="mixed")
+    model.compile("sgd", loss="ice", outlier_batchnorm="separate")
+    model.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras").outlier_batchnorm == "separate"

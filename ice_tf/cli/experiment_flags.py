@@ -47,6 +47,10 @@ HELP = {
         f"{n} {losses.spec(n).default_head}" for n in losses.names()) + "), linear or gaussian.",
     "score": "OOD score for evaluation; unset = the method's own (" + ", ".join(
         f"{n} {losses.spec(n).default_score}" for n in losses.names()) + ").",
+    "outlier_batchnorm": "How outliers meet BatchNorm in training: joint (one pass over the "
+                         "mixed batch, as the reference code), separate (their own batch "
+                         "statistics, moving averages from in-distribution images only) or "
+                         "frozen (normalised with those moving averages).",
     "backbone": f"Backbone: {', '.join(backbones.names())}, or PATH.keras: a Keras classifier "
                 "(fine-tuned after conversion with the finetune schedule) or feature extractor "
                 "(trained from fresh weights with the scratch schedule).",
@@ -86,8 +90,8 @@ HELP = {
 GROUPS = {
     "data": ("in_dataset", "outlier_dataset", "outlier_path", "outlier_exclude_path",
              "ood_datasets", "data_dir", "download", "limit_train"),
-    "method": ("loss", "loss_weight", "margin_in", "margin_out", "head", "score", "backbone",
-               "dropout_rate"),
+    "method": ("loss", "loss_weight", "margin_in", "margin_out", "head", "score",
+               "outlier_batchnorm", "backbone", "dropout_rate"),
     "schedule": ("schedule", "init_checkpoint", "epochs", "learning_rate", "min_learning_rate",
                  "momentum", "weight_decay", "batch_in", "batch_out", "augment", "seed",
                  "deterministic", "checkpoint_steps", "strategy", "mixed_precision"),

@@ -111,6 +111,7 @@ class ExperimentConfig:
     eval_batch_size: int = 500
     eval_limit: Optional[int] = None
     eval_split: str = "test"  # "val" when choosing hyperparameters
+    calibrate_confidence: bool = True  # fit T of exp(max h / T) on validation data
     # Training-time analyses (ice_tf.callbacks; docs/analyses.md).
     analyses: tuple = ()  # of ANALYSES: gradient_meter, shift, confidence
     analysis_probe_size: int = 256  # images per probe set

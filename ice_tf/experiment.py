@@ -18,8 +18,8 @@ from ice_tf import callbacks as callbacks_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
 from ice_tf import run_folder as folder_lib
 from ice_tf.config import ExperimentConfig
-from ice_tf.run_data import (check_sources, image_shape_of, make_eval_data, make_train_data,
-                             mock_sources)
+from ice_tf.run_data import (check_sources, image_shape_of, load_images, make_eval_data,
+                             make_train_data, mock_sources)
 from ice_tf.callbacks import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
 from ice_tf.atomic_io import save_model, write_atomic  # noqa: F401  (scripts use write_atomic)
 from ice_tf.models import FINETUNE_RIDGE, fit_gaussian_head  # noqa: F401  (their home: models)
@@ -305,7 +305,42 @@ def plan_runs(configs, overwrite=False):
     return plan
 
 
+TEMPERATURE_FIT_LIMIT = 2000  # images per side of the temperature fit
+
+
+def fit_confidence_temperature(model, config, limit=TEMPERATURE_FIT_LIMIT):
+    """Fits T of the Gaussian head's served confidence exp(max h / T) as P(in-distribution)
+    (`ice_tf.calibration.fit_temperature`) and sets `model.head.confidence_temperature`.
+
+    Fitted on the in-distribution validation split and the outlier source's validation
+    split, where the sets have them (else a seeded sample of their training split: the
+    record says which), at most `limit` images each; never on a test set. Returns a
+    record {temperature, in, out} for results.json, or None for a linear head or a run
+    without outliers.
+
+    Example:
+      record = fit_confidence_temperature(model, config)  # {"temperature": 3.1, ...}
+    """
+    from ice_tf import calibration, scores
+
+    if not model.gaussian_head or not config.outlier_dataset:
+        return None
+
+    def max_h(name, path=None):
+        split = "val" if "val" in data.get_info(name).splits else "train"
+        images, _ = load_images(config, name, split, limit, path=path)
+        outputs = model.predict(images, batch_size=config.eval_batch_size, verbose=0)
+        return np.asarray(scores.ice(outputs), np.float64), f"{name}@{split} ({len(images)})"
+
+    max_h_in, described_in = max_h(config.in_dataset)
+    max_h_out, described_out = max_h(config.outlier_dataset, config.outlier_path)
+    temperature = calibration.fit_temperature(max_h_in, max_h_out)
+    model.head.confidence_temperature = temperature
+    return {"temperature": round(temperature, 6), "in": described_in, "out": described_out}
+
+
 def _evaluate_and_export(config, model, out, verbose):
+    calibrated = fit_confidence_temperature(model, config) if config.calibrate_confidence else None
     save_model(model, folder_lib.path(out, folder_lib.MODEL_FILE))
     in_ds, ood_ds = make_eval_data(config)
     if verbose:
@@ -321,6 +356,8 @@ def _evaluate_and_export(config, model, out, verbose):
             model, folder_lib.path(out, folder_lib.SAVED_MODEL_DIR), score=config.score_name,
             overwrite=True,
         )
+    if calibrated:
+        results["confidence_temperature"] = calibrated
     results["method"] = config.loss
     results["head"] = config.head_kind
     results["epochs"] = config.epochs
@@ -336,4 +373,5 @@ def _total_train_seconds(out, this_process_seconds):
 __all__ = [
     "run", "dry_run", "plan_runs", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
     "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
+    "fit_confidence_temperature",
 ]

@@ -14,8 +14,9 @@ InvalidArgumentError naming the expected shape (never a process abort), another 
 is refused by the signature, and an empty batch gives empty outputs. Each returns:
 
   probabilities  (batch, K)  softmax of the head's outputs (Eq. 0.2 / 0.12);
-  confidence     (batch,)    exp(max_i h_i) in (0, 1] for a Gaussian head (Eqs. 0.11,
-                             0.13), max softmax for a linear head;
+  confidence     (batch,)    exp(max_i h_i / T) in (0, 1] for a Gaussian head (Eqs. 0.11,
+                             0.13; T = the head's confidence_temperature, fitted on
+                             validation data by runs, else 1), max softmax for a linear head;
   score          (batch,)    the OOD score (higher = more in-distribution), by default
                              `ice` (max h) or `msp`;
   outputs        (batch, K)  the raw head outputs (h or logits).
@@ -62,7 +63,8 @@ def serving_outputs(model, images, score=None):
     outputs = tf.cast(model(images, training=False), tf.float32)
     return {
         "probabilities": tf.nn.softmax(outputs, axis=-1),
-        "confidence": scores_lib.confidence(outputs, gaussian),
+        "confidence": scores_lib.confidence(
+            outputs, gaussian, getattr(model.head, "confidence_temperature", 1.0)),
         "score": score_fn(outputs),
         "outputs": outputs,
     }

@@ -63,7 +63,8 @@ class GaussianLayer(keras.layers.Layer):
       **kwargs: passed to `keras.layers.Layer`; `dtype` defaults to "float32".
     """
 
-    def __init__(self, num_classes, means_initializer="random_normal", **kwargs):
+    def __init__(self, num_classes, means_initializer="random_normal", confidence_temperature=1.0,
+                 **kwargs):
         if kwargs.get("dtype") is None:
             kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
@@ -71,6 +72,9 @@ class GaussianLayer(keras.layers.Layer):
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
         self.num_classes = int(num_classes)
         self.scale_factor = 1.0  # set by initialize_from_features(calibrate_scale=True)
+        # T of the served confidence exp(max h / T) (ice_tf.calibration.fit_temperature);
+        # 1 is the paper's exp(max h). Saved with the model; scores and AUROC ignore it.
+        self.confidence_temperature = float(confidence_temperature)
         self.means_initializer = keras.initializers.get(means_initializer)
 
     def build(self, input_shape):
@@ -196,6 +200,7 @@ class GaussianLayer(keras.layers.Layer):
         config.update(
             num_classes=self.num_classes,
             means_initializer=keras.initializers.serialize(self.means_initializer),
+            confidence_temperature=self.confidence_temperature,
         )
         return config
 

@@ -89,14 +89,16 @@ def default_score_name(gaussian_head):
     return "ice" if gaussian_head else "msp"
 
 
-def confidence(outputs, gaussian_head):
-    """In-distribution confidence in (0, 1]: exp(max h) (Gaussian head) or max softmax.
+def confidence(outputs, gaussian_head, temperature=1.0):
+    """In-distribution confidence in (0, 1]: exp(max h / T) (Gaussian head; T = 1 is the
+    paper's exp(max h), a fitted T calibrates it: `ice_tf.calibration.fit_temperature`) or
+    max softmax.
 
     Example:
       confidence(outputs, gaussian_head=True)  # exp(max h) in (0, 1]
     """
     if gaussian_head:
-        return tf.exp(ice(outputs))
+        return tf.exp(ice(outputs) / float(temperature))
     return msp(outputs)
 
 

@@ -85,8 +85,9 @@ def _eval_data_key(config):
             config.eval_batch_size, config.seed, config.data_dir)
 
 
-def model_confidences(model, in_ds, ood_ds, label):
-    """Confidence in [0, 1] (float64) on the in-distribution set and each OOD set."""
+def model_confidences(model, in_ds, ood_ds, label, temperature=1.0):
+    """Confidence in [0, 1] (float64) on the in-distribution set and each OOD set
+    (`temperature`: T of a Gaussian head's exp(max h / T))."""
     datasets = {"in": in_ds, **ood_ds}
     counts = [int(tf.data.experimental.cardinality(ds)) for ds in datasets.values()]
     progbar = keras.utils.Progbar(None if min(counts) < 0 else sum(counts), unit_name="batch")
@@ -94,7 +95,7 @@ def model_confidences(model, in_ds, ood_ds, label):
     confidences = {}
     for name, dataset in datasets.items():
         outputs, _ = evaluation.predict_outputs(model, dataset, progbar)
-        values = np.asarray(scores.confidence(outputs, model.gaussian_head), np.float64)
+        values = np.asarray(scores.confidence(outputs, model.gaussian_head, temperature), np.float64)
         # float32 softmax/exp may overshoot 1 by an ulp; anything more is a bug.
         if not np.all(np.isfinite(values)) or values.min() < -1e-6 or values.max() > 1 + 1e-6:
             raise ValueError(f"{label}: confidence outside [0, 1] on {name}.")
@@ -220,12 +221,25 @@ def main(argv):
         key = _eval_data_key(config)
         if key not in eval_data:  # runs of one comparison share their evaluation pipelines
             eval_data[key] = run_data.make_eval_data(config)
-        confidence_in, confidence_out = model_confidences(model, *eval_data[key], label)
-        result = calibrate(confidence_in, confidence_out, FLAGS.ood_fraction, FLAGS.num_bins,
-                           FLAGS.mixture_seed)
-        results[label] = {"run": folder, "loss": config.loss, "head": config.head_kind,
-                          "in_dataset": config.in_dataset,
-                          "confidence": CONFIDENCE_NAMES[model.gaussian_head], **result}
+        temperatures = [1.0]
+        if model.gaussian_head:
+            # The temperature the run saved, or (an older run) one fitted now on validation data.
+            saved = model.head.confidence_temperature
+            fitted = saved if saved != 1.0 else experiment.fit_confidence_temperature(
+                model, config)["temperature"]
+            temperatures.append(fitted)
+        for temperature in temperatures:
+            confidence_in, confidence_out = model_confidences(model, *eval_data[key], label,
+                                                              temperature)
+            result = calibrate(confidence_in, confidence_out, FLAGS.ood_fraction, FLAGS.num_bins,
+                               FLAGS.mixture_seed)
+            name = CONFIDENCE_NAMES[model.gaussian_head]
+            row = label if temperature == 1.0 else f"{label}, T={temperature:.3g}"
+            if temperature != 1.0:
+                name = "exp(max h / T), T fitted on validation data"
+            results[row] = {"run": folder, "loss": config.loss, "head": config.head_kind,
+                            "in_dataset": config.in_dataset, "temperature": temperature,
+                            "confidence": name, **result}
     table = markdown(results, settings)
     stem = os.path.splitext(output)[0]
     save_figure(reliability_figure(results), output)

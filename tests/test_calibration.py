@@ -205,6 +205,8 @@ def _tiny_run(folder, loss):
         ood_datasets=("gaussian", "mnist=embedded_mnist"), output_dir=str(folder),
     )
     head = layers.make_head(config.head_kind, 10)
+    if config.head_kind == "gaussian":
+        head.confidence_temperature = 2.5  # as a run saves the one it fitted
     model = models.OODModel(tiny_backbone((28, 28, 1)), head)
     os.makedirs(folder)
     model.save(os.path.join(folder, "model.keras"))
@@ -213,7 +215,7 @@ def _tiny_run(folder, loss):
     keras.backend.clear_session()
 
 
-def _confidences_of_run(folder):
+def _confidences_of_run(folder, temperature=1.0):
     """float64 numpy reference of the in-distribution confidences of a run folder."""
     import keras
 
@@ -226,7 +228,7 @@ def _confidences_of_run(folder):
     in_ds, _ = experiment.make_eval_data(config)
     outputs = np.concatenate([model.predict_on_batch(x) for x, _ in in_ds]).astype(np.float64)
     if model.gaussian_head:
-        return np.exp(outputs.max(axis=1))
+        return np.exp(outputs.max(axis=1) / temperature)
     shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
     return (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1)
 
@@ -249,6 +251,7 @@ def test_script_writes_table_json_and_reliability_diagram(tmp_path):
     table = (tmp_path / "calibration.md").read_text()
     assert "| Method | Confidence | ECE | MCE | Brier |" in table and "ECE mnist" in table
     assert "| ce | max softmax |" in table and "| ice | exp(max h) |" in table
+    assert "| ice, T=2.5 | exp(max h / T), T fitted on validation data |" in table
     assert table in completed.stdout
     results = json.loads((tmp_path / "calibration.json").read_text())
     assert results["ood_fraction"] == 0.5 and results["num_bins"] == 10
@@ -268,6 +271,9 @@ def test_script_writes_table_json_and_reliability_diagram(tmp_path):
         # The confidence is the model's own: exp(max h) or max softmax on the run's eval data.
         confidence_in = _confidences_of_run(tmp_path / method / "seed1")
         assert result["mean_confidence_in"] == pytest.approx(confidence_in.mean(), rel=1e-5)
+    calibrated = results["methods"]["ice, T=2.5"]
+    confidence_in = _confidences_of_run(tmp_path / "ice" / "seed1", temperature=2.5)
+    assert calibrated["mean_confidence_in"] == pytest.approx(confidence_in.mean(), rel=1e-5)
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
 
 
@@ -291,3 +297,52 @@ def test_exported_from_the_package():
     import ice_tf
 
     assert ice_tf.calibration is calibration and "calibration" in dir(ice_tf)
+
+
+# ------------------------------------------------------- the temperature of exp(max h / T)
+def test_fit_temperature_minimises_the_balanced_log_loss():
+    rng = np.random.default_rng(0)
+    max_h_in = -rng.gamma(2.0, 1.5, 400)      # in-distribution: max h near 0
+    max_h_out = -rng.gamma(3.0, 6.0, 300)     # outliers: far below
+    temperature = calibration.fit_temperature(max_h_in, max_h_out)
+
+    def loss(t):  # float64 reference, written out
+        c_in = np.exp(max_h_in / t)
+        c_out = np.exp(max_h_out / t)
+        return -0.5 * (np.mean(np.log(c_in)) + np.mean(np.log(1.0 - c_out)))
+
+    grid = np.exp(np.linspace(np.log(1e-2), np.log(1e2), 20001))
+    best = grid[np.argmin([loss(t) for t in grid])]
+    assert temperature == pytest.approx(best, rel=2e-3)
+    assert loss(temperature) <= loss(1.0)
+    confidence = calibration.temperature_confidence(max_h_in, temperature)
+    assert np.all((confidence > 0) & (confidence <= 1))
+    # The order, so every ranking metric, is the same at any T.
+    np.testing.assert_array_equal(np.argsort(confidence), np.argsort(np.exp(max_h_in)))
+
+
+def test_fit_temperature_edges_stay_finite():
+    t = calibration.fit_temperature(np.zeros(5), np.zeros(5))  # h = 0 everywhere
+    assert np.isfinite(t) and t > 0
+    t = calibration.fit_temperature(np.array([-1e-9]), np.array([-1e6]))
+    assert np.isfinite(t) and t > 0
+    with pytest.raises(ValueError, match="finite"):
+        calibration.fit_temperature(np.array([np.nan]), np.array([-1.0]))
+    with pytest.raises(ValueError, match="> 0"):
+        calibration.temperature_confidence(np.array([-1.0]), 0.0)
+
+
+def test_the_exported_confidence_uses_the_heads_temperature(tmp_path):
+    import keras
+    import tensorflow as tf
+    from ice_tf import export, layers, models
+
+    model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 3))
+    model.head.confidence_temperature = 4.0
+    model.save(tmp_path / "m.keras")
+    model = keras.models.load_model(tmp_path / "m.keras")
+    assert model.head.confidence_temperature == 4.0
+    images = np.random.default_rng(0).normal(size=(5, 6, 6, 1)).astype("float32")
+    served = export.serving_outputs(model, tf.constant(images))
+    expected = np.exp(np.max(model.predict(images, verbose=0), axis=-1) / 4.0)
+    np.testing.assert_allclose(served["confidence"].numpy(), expected, rtol=1e-5)

@@ -165,11 +165,15 @@ def test_own_folder_and_classifier_train_and_explain_the_run_folder(tmp_path, im
     results = experiment.run(config, verbose=0, files={
         run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config)})
     assert np.isfinite(results["mean"]["auroc"]["mean"])
+    fitted = results["confidence_temperature"]
+    assert fitted["temperature"] > 0 and fitted["in"].endswith("@val (36)")
+    assert fitted["out"].startswith("embedded_outliers@val")
     described = json.loads((out / run_folder.DATASET_FILE).read_text())
     assert described["class_names"] == sorted(CLASSES)
     assert described["image_shape"] == [28, 28, 1]  # the data's own; the model takes 32x32x3
     model = keras.models.load_model(out / run_folder.MODEL_FILE, compile=False)
     assert model.image_shape == (32, 32, 3)
+    assert model.head.confidence_temperature == pytest.approx(fitted["temperature"], rel=1e-5)
     assert model.normalization[0][0] == pytest.approx(described["normalization"]["mean"][0])
     # The fine-tune started from the classifier's weights: its first kernel moved, a little.
     start = classifier.layers[0].kernel.numpy()

@@ -77,6 +77,9 @@ HELP = {
     "eval_batch_size": "Batch size for evaluation.",
     "eval_limit": "Evaluate on at most this many images per set.",
     "eval_split": "In-distribution evaluation split (val when choosing hyperparameters).",
+    "calibrate_confidence": "Gaussian head: fit the temperature T of the served confidence "
+                            "exp(max h / T) on validation images and validation outliers, "
+                            "saved with the model (scores and AUROC do not change).",
     "analyses": "Training-time analyses recorded each epoch under <output_dir>/analysis/: "
                 "gradient_meter, shift, confidence (comma separated; docs/analyses.md).",
     "analysis_probe_size": "Images per probe set of the analyses.",
@@ -96,7 +99,7 @@ GROUPS = {
                  "momentum", "weight_decay", "batch_in", "batch_out", "augment", "seed",
                  "deterministic", "checkpoint_steps", "strategy", "mixed_precision"),
     "evaluation": ("protocol", "eval_draws", "eval_batch_size", "eval_limit", "eval_split",
-                   "analyses", "analysis_probe_size"),
+                   "calibrate_confidence", "analyses", "analysis_probe_size"),
     "output": ("output_dir", "export", "dry_run", "overwrite"),
 }
 

@@ -1,0 +1,101 @@
+"""Mean ± std over seeds of the runs of a comparison, for the accuracy study.
+
+  python scripts/study_table.py --runs_dir=runs/study_bn
+  python scripts/study_table.py --runs_dir=runs/study_bn --evaluation=evaluation-val.json
+
+For each variant folder <runs_dir>/<variant>/seed<k> (as `ice-tf compare` writes them):
+accuracy and mean AUROC from results.json, or, with --evaluation, from that file of
+`ice-tf evaluate` (each score it holds gets its own AUROC column, e.g. the run's own
+score and mahalanobis); for Gaussian-head runs the last epoch's tr(LLᵀ)/d and
+condition number of L (metrics.jsonl). Prints a markdown table; n = seeds found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean, std = 100 * np.mean(values), 100 * np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _plain_mean(values):
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.3g}" if values else "–"
+
+
+def _last_record(path):
+    lines = [line for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def collect(runs_dir, evaluation=None):
+    """{variant: [per-seed dicts]} of the finished runs under `runs_dir`."""
+    table = {}
+    for variant in sorted(p for p in pathlib.Path(runs_dir).iterdir() if p.is_dir()):
+        for run in sorted(variant.glob("seed*")):
+            results_path = run / "results.json"
+            if not results_path.exists():
+                continue
+            results = json.loads(results_path.read_text())
+            row = {"accuracy": results["accuracy"],
+                   "scores": {results["score"]: results["mean"]["auroc"]["mean"]}}
+            if evaluation and (run / evaluation).exists():
+                evaluated = json.loads((run / evaluation).read_text())
+                row["accuracy"] = next(iter(evaluated.values()))["accuracy"]
+                row["scores"] = {score: r["mean"]["auroc"]["mean"] for score, r in evaluated.items()}
+            metrics = _last_record(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else {}
+            row["trace"] = metrics.get("head_scale_trace")
+            row["condition"] = metrics.get("head_scale_condition")
+            row["train_accuracy"] = metrics.get("accuracy")
+            table.setdefault(variant.name, []).append(row)
+    return table
+
+
+def markdown(table):
+    """The table as markdown: one row per variant."""
+    scores = sorted({s for rows in table.values() for row in rows for s in row["scores"]},
+                    key=lambda s: (s == "mahalanobis", s))
+    header = ["variant", "n", "accuracy", "train accuracy", *(f"AUROC {s}" for s in scores),
+              "tr(LLᵀ)/d", "cond(L)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    own = [s for s in scores if s != "mahalanobis"]
+    for variant, rows in table.items():
+        cells = [variant, str(len(rows)), _mean_std([r["accuracy"] for r in rows]),
+                 _mean_std([r["train_accuracy"] for r in rows])]
+        for score in scores:
+            values = [r["scores"].get(score) for r in rows]
+            if score in own and all(v is None for v in values):
+                values = [next((v for k, v in r["scores"].items() if k != "mahalanobis"), None)
+                          for r in rows]
+            cells.append(_mean_std(values))
+        cells += [_plain_mean([r["trace"] for r in rows]), _plain_mean([r["condition"] for r in rows])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs_dir", required=True)
+    parser.add_argument("--evaluation", default=None,
+                        help="an ice-tf evaluate JSON in each run folder (e.g. evaluation-val.json)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.runs_dir):
+        sys.stderr.write(f"error: {args.runs_dir} is not a folder of runs\n")
+        return 1
+    print(markdown(collect(args.runs_dir, args.evaluation)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

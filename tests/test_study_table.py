@@ -1,0 +1,50 @@
+"""scripts/study_table.py: mean ± std over seeds from run folders."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "study_table.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("study_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(folder, accuracy, auroc, score="ice", trace=None, evaluation=None):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(
+        {"accuracy": accuracy, "score": score, "mean": {"auroc": {"mean": auroc}}}))
+    record = {"epoch": 6, "accuracy": accuracy - 0.01}
+    if trace is not None:
+        record.update(head_scale_trace=trace, head_scale_condition=2.0)
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    if evaluation:
+        (folder / "evaluation-val.json").write_text(json.dumps(evaluation))
+
+
+def test_mean_and_sample_std_over_seeds(tmp_path, capsys):
+    study = load_script()
+    for seed, (acc, auroc) in enumerate([(0.80, 0.90), (0.82, 0.94), (0.81, 0.92)], 1):
+        write_run(tmp_path / "ice" / f"seed{seed}", acc, auroc, trace=0.5 * seed,
+                  evaluation={"ice": {"accuracy": acc, "mean": {"auroc": {"mean": auroc - 0.1}}},
+                              "mahalanobis": {"accuracy": acc, "mean": {"auroc": {"mean": 0.5}}}})
+    write_run(tmp_path / "ce" / "seed1", 0.84, 0.6, score="msp")
+    (tmp_path / "ce" / "seed2").mkdir()  # unfinished: no results.json, skipped
+    table = study.markdown(study.collect(tmp_path))
+    std = 100 * np.std([0.80, 0.82, 0.81], ddof=1)
+    assert f"| ice | 3 | 81.00 ± {std:.2f} |" in table
+    assert "| ce | 1 | 84.00 ± 0.00 |" in table
+    assert "| 1 | 1 |" not in table
+    evaluated = study.markdown(study.collect(tmp_path, "evaluation-val.json"))
+    assert "AUROC mahalanobis" in evaluated and "50.00 ± 0.00" in evaluated
+    assert "82.00 ± 2.00" in evaluated  # ice AUROC on the evaluation file: 0.80, 0.84, 0.82
+    assert study.main([f"--runs_dir={tmp_path / 'none'}"]) == 1
+    assert study.main([f"--runs_dir={tmp_path}"]) == 0
+    assert "| variant | n | accuracy |" in capsys.readouterr().out

@@ -4,9 +4,8 @@
   python scripts/study_table.py --runs_dir=runs/study_bn --evaluation=evaluation-val.json
 
 For each variant folder <runs_dir>/<variant>/seed<k> (as `ice-tf compare` writes them):
-accuracy and mean AUROC from results.json, or, with --evaluation, from that file of
-`ice-tf evaluate` (each score it holds gets its own AUROC column, e.g. the run's own
-score and mahalanobis); for Gaussian-head runs the last epoch's tr(LLᵀ)/d and
+accuracy and mean AUROC of the run's own score from results.json, or, with --evaluation,
+from that file of `ice-tf evaluate` (the run's own score, and mahalanobis when it holds it); for Gaussian-head runs the last epoch's tr(LLᵀ)/d and
 condition number of L (metrics.jsonl). Prints a markdown table; n = seeds found.
 """
 
@@ -19,6 +18,8 @@ import pathlib
 import sys
 
 import numpy as np
+
+OWN = "own score"  # the run's own score: msp for a linear head, ice (max h) for a Gaussian one
 
 
 def _mean_std(values):
@@ -49,11 +50,12 @@ def collect(runs_dir, evaluation=None):
                 continue
             results = json.loads(results_path.read_text())
             row = {"accuracy": results["accuracy"],
-                   "scores": {results["score"]: results["mean"]["auroc"]["mean"]}}
+                   "scores": {OWN: results["mean"]["auroc"]["mean"]}}
             if evaluation and (run / evaluation).exists():
                 evaluated = json.loads((run / evaluation).read_text())
                 row["accuracy"] = next(iter(evaluated.values()))["accuracy"]
-                row["scores"] = {score: r["mean"]["auroc"]["mean"] for score, r in evaluated.items()}
+                row["scores"] = {score if score == "mahalanobis" else OWN: r["mean"]["auroc"]["mean"]
+                                 for score, r in evaluated.items()}
             metrics = _last_record(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else {}
             row["trace"] = metrics.get("head_scale_trace")
             row["condition"] = metrics.get("head_scale_condition")
@@ -65,20 +67,15 @@ def collect(runs_dir, evaluation=None):
 def markdown(table):
     """The table as markdown: one row per variant."""
     scores = sorted({s for rows in table.values() for row in rows for s in row["scores"]},
-                    key=lambda s: (s == "mahalanobis", s))
+                    key=lambda s: s == "mahalanobis")
     header = ["variant", "n", "accuracy", "train accuracy", *(f"AUROC {s}" for s in scores),
               "tr(LLᵀ)/d", "cond(L)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    own = [s for s in scores if s != "mahalanobis"]
     for variant, rows in table.items():
         cells = [variant, str(len(rows)), _mean_std([r["accuracy"] for r in rows]),
                  _mean_std([r["train_accuracy"] for r in rows])]
         for score in scores:
-            values = [r["scores"].get(score) for r in rows]
-            if score in own and all(v is None for v in values):
-                values = [next((v for k, v in r["scores"].items() if k != "mahalanobis"), None)
-                          for r in rows]
-            cells.append(_mean_std(values))
+            cells.append(_mean_std([r["scores"].get(score) for r in rows]))
         cells += [_plain_mean([r["trace"] for r in rows]), _plain_mean([r["condition"] for r in rows])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -44,6 +44,7 @@ def test_mean_and_sample_std_over_seeds(tmp_path, capsys):
     assert "| 1 | 1 |" not in table
     evaluated = study.markdown(study.collect(tmp_path, "evaluation-val.json"))
     assert "AUROC mahalanobis" in evaluated and "50.00 ± 0.00" in evaluated
+    assert "| AUROC own score | AUROC mahalanobis |" in evaluated
     assert "82.00 ± 2.00" in evaluated  # ice AUROC on the evaluation file: 0.80, 0.84, 0.82
     assert study.main([f"--runs_dir={tmp_path / 'none'}"]) == 1
     assert study.main([f"--runs_dir={tmp_path}"]) == 0

@@ -84,7 +84,7 @@ class ExperimentConfig:
     margin_out: Optional[float] = None
     head: str = "auto"  # auto: the method's default head (losses.spec(loss).default_head)
     score: Optional[str] = None  # None: the method's default score
-    outlier_batchnorm: str = "joint"  # joint (reference), separate or frozen: OODModel.compile
+    outlier_batchnorm: str = "auto"  # auto, joint (reference), separate, frozen: OODModel.compile
     # Model.
     backbone: str = "wrn40_2"
     dropout_rate: Optional[float] = None
@@ -197,7 +197,7 @@ class ExperimentConfig:
         else:
             choose("backbone", self.backbone, backbones.names())
         choose("head", self.head, HEAD_CHOICES)
-        choose("outlier_batchnorm", self.outlier_batchnorm, ("joint", "separate", "frozen"))
+        choose("outlier_batchnorm", self.outlier_batchnorm, ("auto", "joint", "separate", "frozen"))
         choose("schedule", self.schedule, SCHEDULES)
         choose("protocol", self.protocol, PROTOCOLS)
         choose("strategy", self.strategy, distribute.STRATEGIES)

@@ -47,10 +47,12 @@ HELP = {
         f"{n} {losses.spec(n).default_head}" for n in losses.names()) + "), linear or gaussian.",
     "score": "OOD score for evaluation; unset = the method's own (" + ", ".join(
         f"{n} {losses.spec(n).default_score}" for n in losses.names()) + ").",
-    "outlier_batchnorm": "How outliers meet BatchNorm in training: joint (one pass over the "
-                         "mixed batch, as the reference code), separate (their own batch "
-                         "statistics, moving averages from in-distribution images only) or "
-                         "frozen (normalised with those moving averages).",
+    "outlier_batchnorm": "How outliers meet BatchNorm in training: auto (separate for a "
+                         "Gaussian head, joint for a linear one; docs/accuracy_study.md), "
+                         "joint (one pass over the mixed batch, as the reference code and the "
+                         "paper), separate (their own batch statistics, moving averages from "
+                         "in-distribution images only) or frozen (normalised with those moving "
+                         "averages).",
     "backbone": f"Backbone: {', '.join(backbones.names())}, or PATH.keras: a Keras classifier "
                 "(fine-tuned after conversion with the finetune schedule) or feature extractor "
                 "(trained from fresh weights with the scratch schedule).",

@@ -26,10 +26,14 @@ from absl import flags  # noqa: E402
 from ice_tf import experiment, run_data, run_folder  # noqa: E402
 from ice_tf.cli import runner  # noqa: E402
 
-flags.DEFINE_multi_string("run", [], "label:run_folder (repeatable).")
-flags.DEFINE_integer("batches", 7, "Batches of 128 + 256 validation images (at most as many "
-                     "as the validation splits hold).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The script's flags; defined when it runs, so that tests can import it."""
+    flags.DEFINE_multi_string("run", [], "label:run_folder (repeatable).")
+    flags.DEFINE_integer("batches", 7, "Batches of 128 + 256 validation images (at most as "
+                         "many as the validation splits hold).")
 
 
 def _features_and_outputs(model, images, training):
@@ -84,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    runner.run(main, __doc__)
+    runner.command(define_flags, main, __doc__)()

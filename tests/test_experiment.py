@@ -68,7 +68,9 @@ def test_finetune_replaces_a_linear_head_by_a_gaussian_one_and_trains(tmp_path):
     assert np.all(np.isfinite(losses_per_epoch)) and 0 <= results["accuracy"] <= 1
 
 
-def test_gaussian_head_is_fitted_to_training_mode_features_of_mixed_batches():
+@pytest.mark.parametrize("outlier_batchnorm", ["joint", "separate"])
+def test_gaussian_head_is_fitted_to_training_mode_features_as_training_normalises_them(
+        outlier_batchnorm):
     rng = np.random.default_rng(0)
     images = rng.normal(size=(4, 16, 6, 6, 1)).astype("float32") + np.arange(4)[:, None, None, None, None]
     labels = np.tile(np.arange(4), 16).reshape(4, 16)
@@ -76,12 +78,16 @@ def test_gaussian_head_is_fitted_to_training_mode_features_of_mixed_batches():
     batches = tf.data.Dataset.from_tensor_slices(((images, labels), outliers))
     model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 4))
     model.build((None, 6, 6, 1))
+    model.compile("sgd", loss="ice", outlier_batchnorm=outlier_batchnorm)
     moving = [v.numpy() for v in model.backbone.non_trainable_variables]
     experiment.fit_gaussian_head(model, batches, 4, ridge=0.1, verbose=0)
     for variable, before in zip(model.backbone.non_trainable_variables, moving):
         np.testing.assert_array_equal(variable.numpy(), before)
+    # joint: in-distribution images and outliers share the batch statistics; separate:
+    # the in-distribution images are normalised on their own.
     features = np.concatenate([
-        model.backbone(np.concatenate([x, o]), training=True).numpy()[:16]
+        model.backbone(np.concatenate([x, o]) if outlier_batchnorm == "joint" else x,
+                       training=True).numpy()[:16]
         for x, o in zip(images, outliers)
     ])
     for variable, before in zip(model.backbone.non_trainable_variables, moving):

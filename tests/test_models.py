@@ -34,19 +34,23 @@ def test_fit_lowers_the_loss(name, head):
     assert after["loss"] < before["loss"], (before, after)
 
 
-def test_one_forward_pass_over_the_concatenated_batch():
-    """BatchNorm statistics come from in-distribution images and outliers together."""
+@pytest.mark.parametrize("outlier_batchnorm, expected", [
+    ("joint", (4 * 1.0 + 8 * 4.0) / 12),  # one pass over the concatenated batch
+    ("separate", 1.0),                    # the moving averages see in-distribution images only
+    ("frozen", 1.0),
+])
+def test_batchnorm_statistics_of_each_outlier_batchnorm_mode(outlier_batchnorm, expected):
     inputs = keras.Input((2, 2, 1))
     normalized = keras.layers.BatchNormalization(momentum=0.0, name="bn")(inputs)
     backbone = keras.Model(inputs, keras.layers.Flatten()(normalized))
     model = models.OODModel(backbone, layers.make_head("gaussian", 2))
-    model.compile(_sgd(0.0, 0.0), loss="ice")
+    model.compile(_sgd(0.0, 0.0), loss="ice", outlier_batchnorm=outlier_batchnorm)
     images = np.full((4, 2, 2, 1), 1.0, np.float32)
     outliers = np.full((8, 2, 2, 1), 4.0, np.float32)
     dataset = tf.data.Dataset.from_tensors(((images, np.array([0, 1, 0, 1])), outliers))
     model.fit(dataset, epochs=1, verbose=0)
     moving_mean = backbone.get_layer("bn").moving_mean.numpy()
-    np.testing.assert_allclose(moving_mean, [(4 * 1.0 + 8 * 4.0) / 12], rtol=1e-6)
+    np.testing.assert_allclose(moving_mean, [expected], rtol=1e-6)
 
 
 def test_losses_without_outliers_ignore_them_and_accept_plain_batches():

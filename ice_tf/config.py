@@ -171,7 +171,7 @@ class ExperimentConfig:
     # --------------------------------------------------------- validation
     def validate(self):
         """Raises ValueError naming the bad setting and the valid choices; returns self."""
-        from ice_tf import backbones, data, distribute, losses, scores
+        from ice_tf import backbones, data, distribute, losses, models, scores
 
         def choose(field, value, valid):
             if value not in valid:
@@ -187,7 +187,7 @@ class ExperimentConfig:
                 f"{fields} {verb} not apply to loss={self.loss!r} (its hyperparameters: "
                 f"{taken}); unset {fields}."
             )
-        if str(self.backbone).endswith(".keras"):  # a user's network
+        if models.is_model_file(self.backbone):  # a user's network
             if not os.path.isfile(self.backbone):
                 raise ValueError(f"backbone={self.backbone!r} does not exist; give the .keras "
                                  f"file of your model, or one of: {', '.join(backbones.names())}.")
@@ -250,7 +250,7 @@ class ExperimentConfig:
         if self.dropout_rate is not None and not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}.")
         if (self.schedule == "finetune" and not self.init_checkpoint and not self.dry_run
-                and not str(self.backbone).endswith(".keras")):
+                and not models.is_model_file(self.backbone)):
             raise ValueError("schedule='finetune' needs init_checkpoint (a .keras file of a trained "
                              "model) or backbone=PATH.keras (your trained classifier).")
         losses.get(self.loss, **self.loss_kwargs())  # checks λ and margins

@@ -211,6 +211,24 @@ def _nonfinite_code(data, variables):
     return tf.where(inputs_ok, tf.where(weights_ok, FINITE, NONFINITE_WEIGHTS), NONFINITE_INPUT)
 
 
+@contextlib.contextmanager
+def moving_statistics_kept(model):
+    """Within the block, training-mode calls of `model.backbone` leave its non-trainable
+    state (BatchNorm's moving averages) as it was: it is put back on exit (eager code).
+
+    Example:
+      with moving_statistics_kept(model):
+          features = model.features(images, training=True)
+    """
+    variables = model.backbone.non_trainable_variables
+    saved = [variable.numpy() for variable in variables]
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
+
+
 def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RIDGE, verbose=1):
     """Fits the Gaussian head (Eq. 0.11) to the features fine-tuning will train on.
 
@@ -233,21 +251,20 @@ def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RID
     Example:
       fit_gaussian_head(model, ice_tf.data.with_outliers((x, y), x_out), num_batches=50)
     """
-    moving_statistics = [variable.numpy() for variable in model.backbone.non_trainable_variables]
     progbar = keras.utils.Progbar(num_batches, unit_name="batch") if verbose else None
     features, labels = [], []
-    for batch in (train_dataset if num_batches is None else train_dataset.take(num_batches)):
-        images, batch_labels, outliers = unpack_batch(batch)
-        if getattr(model, "outlier_batchnorm", "joint") != "joint":
-            outliers = None  # training normalises the in-distribution images on their own
-        inputs = images if outliers is None else tf.concat([images, tf.cast(outliers, images.dtype)], 0)
-        batch_features = model.features(inputs, training=True)[: tf.shape(images)[0]]
-        features.append(np.asarray(batch_features, np.float64))
-        labels.append(np.asarray(batch_labels).reshape(-1))
-        if progbar is not None:
-            progbar.add(1)
-    for variable, value in zip(model.backbone.non_trainable_variables, moving_statistics):
-        variable.assign(value)
+    with moving_statistics_kept(model):
+        for batch in (train_dataset if num_batches is None else train_dataset.take(num_batches)):
+            images, batch_labels, outliers = unpack_batch(batch)
+            if getattr(model, "outlier_batchnorm", "joint") != "joint":
+                outliers = None  # training normalises the in-distribution images on their own
+            inputs = images if outliers is None else tf.concat(
+                [images, tf.cast(outliers, images.dtype)], 0)
+            batch_features = model.features(inputs, training=True)[: tf.shape(images)[0]]
+            features.append(np.asarray(batch_features, np.float64))
+            labels.append(np.asarray(batch_labels).reshape(-1))
+            if progbar is not None:
+                progbar.add(1)
     if not features:
         raise ValueError("the dataset for the Gaussian head's fit yielded no batches.")
     model.head.initialize_from_features(
@@ -896,6 +913,6 @@ def build_from_file(path, num_classes, head="linear", *, fresh_weights, normaliz
     return model
 
 
-__all__ = ["OODModel", "OUTLIER_BATCHNORM", "default_outlier_batchnorm", "build_model", "build_from_file", "is_model_file", "load_model_file",
+__all__ = ["OODModel", "OUTLIER_BATCHNORM", "default_outlier_batchnorm", "moving_statistics_kept", "build_model", "build_from_file", "is_model_file", "load_model_file",
            "model_file_input_shape", "classifier_parts", "ClassifierFeatures",
            "fit_gaussian_head", "FINETUNE_RIDGE", "unpack_batch"]

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from ice_tf import data
-from ice_tf.data import registry
+from ice_tf.data import files, registry
 
 
 @contextlib.contextmanager
@@ -61,9 +61,9 @@ def image_shape_of(config):
     Example:
       image_shape_of(ExperimentConfig(in_dataset="cifar10"))  # (32, 32, 3)
     """
-    if str(config.backbone).endswith(".keras"):
-        from ice_tf import models
+    from ice_tf import models
 
+    if models.is_model_file(config.backbone):
         return models.model_file_input_shape(config.backbone)
     shape = data.get_info(config.in_dataset).image_shape
     if shape is None:
@@ -154,8 +154,7 @@ def check_sources(config, batch_size=16, outliers=True):
             if check_files and path:
                 problems = check_files(path)
                 if problems:
-                    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                    raise DataCheckError(f"{where}: {problems[0]}{more}; remove or re-encode it.")
+                    raise DataCheckError(f"{where}: {files.problems_message(problems)}")
             dataset = data.make_eval_dataset(
                 name, split, path=path, exclude_index_path=exclude,
                 **_eval_options(config, batch_size=batch_size, limit=None))

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from ice_tf import experiment, run_data, run_folder  # noqa: E402
+from ice_tf import experiment, models, run_data, run_folder  # noqa: E402
 from ice_tf.cli import runner  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -37,12 +37,9 @@ def define_flags():
 
 
 def _features_and_outputs(model, images, training):
-    moving = [v.numpy() for v in model.backbone.non_trainable_variables]
-    features = model.backbone(images, training=training)
-    outputs = model.head(features)
-    for variable, value in zip(model.backbone.non_trainable_variables, moving):
-        variable.assign(value)
-    return np.asarray(features, np.float64), np.asarray(outputs)
+    with models.moving_statistics_kept(model):
+        features = model.backbone(images, training=training)
+    return np.asarray(features, np.float64), np.asarray(model.head(features))
 
 
 def probe(model, config, num_batches):

@@ -102,14 +102,28 @@ def image_file_problem(file_path):
     return f"{file_path} is not a PNG, JPEG, GIF or BMP image (by its contents)"
 
 
-def check_image_files(folder):
-    """Problems of the image files under `folder` (see `list_images`), one string each
-    naming the file and what is wrong with it; [] when every file looks complete.
+def check_image_files(folder_or_paths):
+    """Problems of the image files under a folder (see `list_images`), or of a list of
+    image paths, one string each naming the file and what is wrong with it; [] when every
+    file looks complete.
 
     Example:
       check_image_files("/data/iSUN")  # ['/data/iSUN/x.jpg is a truncated JPEG (no end marker)']
     """
-    return [problem for problem in map(image_file_problem, list_images(folder)) if problem]
+    paths = (list_images(folder_or_paths) if isinstance(folder_or_paths, (str, os.PathLike))
+             else folder_or_paths)
+    return [problem for problem in map(image_file_problem, paths) if problem]
+
+
+def problems_message(problems):
+    """`check_image_files`'s problems as one line: the first, how many more, and the fix.
+
+    Example:
+      problems_message(["a.png is a truncated PNG (no IEND chunk)"])
+      # 'a.png is a truncated PNG (no IEND chunk); remove or re-encode it.'
+    """
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}; remove or re-encode it."
 
 
 class ImageFolderSource:

@@ -258,10 +258,9 @@ def read_folder(folder):
         if not paths:
             raise ValueError(f"{what}: no images ({', '.join(files.IMAGE_EXTENSIONS)}) in its "
                              f"{split} class folders.")
-        problems = [p for p in map(files.image_file_problem, paths) if p]
+        problems = files.check_image_files(paths)
         if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise ValueError(f"{what}: {problems[0]}{more}; remove or re-encode it.")
+            raise ValueError(f"{what}: {files.problems_message(problems)}")
         listed[split] = (paths, np.asarray(labels, np.int64))
     decoded = {split: _decode_all(paths) for split, (paths, _) in listed.items()}
     channels = 1 if all(i.shape[-1] == 1 for images in decoded.values() for i in images) else 3

@@ -4,6 +4,9 @@ Imported as `from helpers import ...` (tests/ is on the path); the fixtures that
 them live in conftest.py.
 """
 
+import importlib.util
+import pathlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -74,3 +77,12 @@ def write_fake_embedded(folder, sizes=(200, 40, 100), num_outliers=(300, 50), se
 def row_index(images):
     """The row index written by `write_fake_embedded` into uint8 images (n, 28, 28, 1)."""
     return images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 1, 0].astype(int)
+
+
+def load_script(relative_path):
+    """A file of the repository's scripts/ imported as a module, e.g. "study_table.py"."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

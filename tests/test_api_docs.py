@@ -1,17 +1,11 @@
 """Every public name has a docstring with an example (scripts/api_docs.py builds the
 API reference from them, and refuses to while one is missing)."""
 
-import importlib.util
-import pathlib
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "api_docs.py"
+import helpers
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("api_docs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_script("api_docs.py")
 
 
 def test_every_public_name_has_a_docstring_with_an_example():

@@ -1,6 +1,5 @@
 """Calibration metrics (ECE, MCE, Brier, reliability bins), test mixtures and the script."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import tiny_backbone
+from helpers import load_script, tiny_backbone
 
 from ice_tf import calibration
 
@@ -280,9 +279,7 @@ def test_script_writes_table_json_and_reliability_diagram(tmp_path):
 def test_script_names_the_command_that_creates_missing_runs(tmp_path):
     from absl import app
 
-    spec = importlib.util.spec_from_file_location("calibration_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("calibration.py")
     with pytest.raises(app.UsageError, match=r"ice-tf demo"):
         script.run_folders(str(tmp_path), ["ce", "ice"], 1, [])
     with pytest.raises(app.UsageError, match="--output_dir="):

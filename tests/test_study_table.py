@@ -1,20 +1,13 @@
 """scripts/study_table.py: mean ± std over seeds from run folders."""
 
-import importlib.util
 import json
-import pathlib
 
+import helpers
 import numpy as np
-import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "study_table.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("study_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_script("study_table.py")
 
 
 def write_run(folder, accuracy, auroc, score="ice", trace=None, evaluation=None):

@@ -21,7 +21,6 @@ mean of that class's current features) at the first and the last snapshot.
 """
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

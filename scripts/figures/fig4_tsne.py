@@ -25,7 +25,6 @@ name ends in "heldout"), else its "textures" set, else its first OOD set.
 """
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -29,7 +29,7 @@ import importlib.util
 import sys
 
 # Modules that work without TensorFlow (numpy, the config, run folders, the command line).
-WITHOUT_TENSORFLOW = ("atomic_io", "calibration", "cli", "config", "metrics", "run_folder")
+WITHOUT_TENSORFLOW = ("atomic_io", "calibration", "cli", "config", "metrics", "precision", "run_folder")
 TENSORFLOW_MISSING = (
     'ice-tf needs TensorFlow, which is not installed: pip install "ice-tf[cpu]" '
     '(or "ice-tf[gpu]" for NVIDIA GPUs)')

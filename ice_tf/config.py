@@ -104,7 +104,7 @@ class ExperimentConfig:
     checkpoint_steps: Optional[int] = None  # also save the training state every N steps
     # Hardware.
     strategy: str = "auto"
-    mixed_precision: bool = False
+    precision: str = "auto"  # ice_tf.precision: auto, float32, mixed_bfloat16, mixed_float16
     # Evaluation.
     protocol: str = "oe"
     eval_draws: int = 10
@@ -171,7 +171,7 @@ class ExperimentConfig:
     # --------------------------------------------------------- validation
     def validate(self):
         """Raises ValueError naming the bad setting and the valid choices; returns self."""
-        from ice_tf import backbones, data, distribute, losses, models, scores
+        from ice_tf import backbones, data, distribute, losses, models, precision, scores
 
         def choose(field, value, valid):
             if value not in valid:
@@ -201,6 +201,7 @@ class ExperimentConfig:
         choose("schedule", self.schedule, SCHEDULES)
         choose("protocol", self.protocol, PROTOCOLS)
         choose("strategy", self.strategy, distribute.STRATEGIES)
+        choose("precision", self.precision, precision.PRECISIONS)
         choose("score", self.score_name, scores.names())
         from ice_tf.data import labelled
 
@@ -269,6 +270,7 @@ class ExperimentConfig:
     def from_dict(cls, values):
         """The config of a dict of fields (config.json); an unknown field is a ValueError."""
         names = {field.name for field in dataclasses.fields(cls)}
+        values = upgrade_dict(values)
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"unknown config fields: {sorted(unknown)}.")
@@ -283,4 +285,20 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["ExperimentConfig", "OODSetSpec", "METHOD_FIELDS", "SCHEDULES", "PROTOCOLS", "ANALYSES"]
+def upgrade_dict(values, stored=False):
+    """A config dict of an older version in today's fields: `mixed_precision` (a
+    boolean until `precision` replaced it) becomes `precision`. With `stored` (a run
+    folder's config.json), a config that predates `precision` ran in float32, not in
+    today's default.
+
+    Example:
+      upgrade_dict({"mixed_precision": True})  # {"precision": "mixed_float16"}
+    """
+    values = dict(values)
+    legacy = values.pop("mixed_precision", None)
+    if "precision" not in values and (stored or legacy is not None):
+        values["precision"] = "mixed_float16" if legacy else "float32"
+    return values
+
+
+__all__ = ["ExperimentConfig", "upgrade_dict", "OODSetSpec", "METHOD_FIELDS", "SCHEDULES", "PROTOCOLS", "ANALYSES"]

@@ -16,6 +16,7 @@ import numpy as np
 
 from ice_tf import callbacks as callbacks_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
+from ice_tf import precision as precision_lib
 from ice_tf import run_folder as folder_lib
 from ice_tf.config import ExperimentConfig
 from ice_tf.run_data import (check_sources, image_shape_of, load_images, make_eval_data,
@@ -253,9 +254,7 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
     config = config.validate()
     if config.deterministic:
         enable_determinism()
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with precision_lib.policy(config.precision) as policy:
         if config.dry_run:
             with mock_sources():
                 _, history, _ = _train(config, None, verbose=0, extra_callbacks=callbacks)
@@ -276,13 +275,12 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
                                              extra_callbacks=callbacks)
             results = _evaluate_and_export(config, model, out, verbose)
             results["train_seconds"] = round(_total_train_seconds(out, train_seconds), 1)
+            results["precision"] = policy
             title = f"{config.loss} ({config.head_kind} head, {config.backbone}) on {config.in_dataset}"
             write_atomic(folder_lib.path(out, folder_lib.RESULTS_MARKDOWN),
                          evaluation.results_markdown(results, title))
             # Last: its presence is what makes the folder finished.
             write_atomic(folder_lib.path(out, RESULTS_FILE), json.dumps(results, indent=2) + "\n")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     return results
 
 

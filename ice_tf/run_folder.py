@@ -296,15 +296,15 @@ def remove_staging(folder):
 def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
     """'field: X there, Y here' for each config field that differs (dicts of config.json;
     compared as JSON has them, so a tuple equals its list; a field that an older
-    config.json lacks counts as its default).
+    config.json lacks counts as its default, or as `config.upgrade_dict` says).
 
     Example:
       config_differences({"loss": "oe"}, {"loss": "ice"})  # ["loss: 'oe' there, 'ice' here"]
     """
-    from ice_tf.config import ExperimentConfig
+    from ice_tf.config import ExperimentConfig, upgrade_dict
 
     defaults = ExperimentConfig().to_dict()
-    earlier = json.loads(json.dumps({**defaults, **earlier}))
+    earlier = json.loads(json.dumps({**defaults, **upgrade_dict(earlier, stored=True)}))
     current = json.loads(json.dumps({**defaults, **current}))
     fields = sorted((set(earlier) | set(current)) - set(ignore))
     return [f"{field}: {earlier.get(field)!r} there, {current.get(field)!r} here"

@@ -73,7 +73,9 @@ HELP = {
     "checkpoint_steps": "Also save the training state every this many steps within an epoch "
                         "(long epochs); unset = after every epoch only.",
     "strategy": "auto (mirrored over several GPUs), default or mirrored.",
-    "mixed_precision": "mixed_float16 policy (the heads stay float32).",
+    "precision": "auto (mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bfloat16 "
+                 "instructions, else float32), float32, mixed_bfloat16 or mixed_float16; the "
+                 "heads and losses stay float32.",
     "protocol": "Evaluation protocol: oe (ID test vs ID/5 OOD, 10 draws) or full.",
     "eval_draws": "Draws of the oe protocol.",
     "eval_batch_size": "Batch size for evaluation.",
@@ -99,7 +101,7 @@ GROUPS = {
                "outlier_batchnorm", "backbone", "dropout_rate"),
     "schedule": ("schedule", "init_checkpoint", "epochs", "learning_rate", "min_learning_rate",
                  "momentum", "weight_decay", "batch_in", "batch_out", "augment", "seed",
-                 "deterministic", "checkpoint_steps", "strategy", "mixed_precision"),
+                 "deterministic", "checkpoint_steps", "strategy", "precision", "mixed_precision"),
     "evaluation": ("protocol", "eval_draws", "eval_batch_size", "eval_limit", "eval_split",
                    "calibrate_confidence", "analyses", "analysis_probe_size"),
     "output": ("output_dir", "export", "dry_run", "overwrite"),
@@ -147,6 +149,9 @@ def define_flags(exclude=(), flag_values=flags.FLAGS):
             flags.DEFINE_list(field.name, list(default), help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+    if "mixed_precision" not in exclude:  # the boolean that --precision replaced
+        flags.DEFINE_bool("mixed_precision", False, "Same as --precision=mixed_float16 (older "
+                          "flag files).", flag_values=flag_values)
 
 
 def _config_from_values(values):
@@ -170,6 +175,11 @@ def config_from_flags(flag_values=flags.FLAGS, shared_among_methods=False, **ove
     """
     names = _field_types()
     values = {name: flag_values[name].value for name in names if name in flag_values}
+    if "mixed_precision" in flag_values and flag_values["mixed_precision"].value:
+        if values.get("precision", "auto") not in ("auto", "mixed_float16"):
+            raise ValueError(f"--mixed_precision means --precision=mixed_float16, which "
+                             f"contradicts --precision={values['precision']}; give only --precision.")
+        values["precision"] = "mixed_float16"
     try:
         config = _config_from_values(values).replace(**overrides)
         if shared_among_methods:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -135,7 +137,16 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
     # The stream starts where the interrupted run stopped (its step count in all).
     start_epoch, start_step, steps_done = (callbacks_lib.training_position(out) if resume
                                            else (0, 0, 0))
-    train_ds, steps_per_epoch = make_train_data(config, batch_in, batch_out, start_step=steps_done)
+    multi_worker = distribute.is_multi_worker(strategy)
+    if multi_worker:
+        distribute.check_batches(strategy, batch_in=batch_in, batch_out=batch_out)
+
+    def train_data(start_step):
+        dataset, steps = make_train_data(config, batch_in, batch_out, start_step=start_step)
+        return (distribute.distribute_per_worker(strategy, dataset) if multi_worker else dataset,
+                steps)
+
+    train_ds, steps_per_epoch = train_data(steps_done)
     epochs, steps_per_epoch = (1, 1) if dry else (config.epochs, steps_per_epoch)
     with strategy.scope():
         model = build_model(config, strategy)
@@ -182,8 +193,7 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
                   initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
         start_epoch += 1
         logger.start_epoch = start_epoch
-        train_ds, _ = make_train_data(config, batch_in, batch_out,
-                                      start_step=start_epoch * steps_per_epoch)
+        train_ds, _ = train_data(start_epoch * steps_per_epoch)
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
     if not np.all(np.isfinite(history.history.get("loss", []))):
@@ -252,9 +262,13 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
       results = run(ExperimentConfig(backbone="small_cnn", epochs=6, output_dir="runs/ice"))
     """
     config = config.validate()
+    # First: a multi-worker strategy must exist before TensorFlow runs any op.
+    strategy = distribute.get_strategy(config.strategy)
     if config.deterministic:
         enable_determinism()
     with precision_lib.policy(config.precision) as policy:
+        if not config.dry_run and not distribute.is_chief(strategy):
+            return _train_as_worker(config, overwrite, callbacks)
         if config.dry_run:
             with mock_sources():
                 _, history, _ = _train(config, None, verbose=0, extra_callbacks=callbacks)
@@ -273,6 +287,8 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
                 write_atomic(folder_lib.path(out, name), text)
             model, _, train_seconds = _train(config, out, verbose, resume=resume,
                                              extra_callbacks=callbacks)
+            if distribute.is_multi_worker(strategy):
+                model = _single_device_copy(model)  # the chief evaluates alone
             results = _evaluate_and_export(config, model, out, verbose)
             results["train_seconds"] = round(_total_train_seconds(out, train_seconds), 1)
             results["precision"] = policy
@@ -335,6 +351,37 @@ def fit_confidence_temperature(model, config, limit=TEMPERATURE_FIT_LIMIT):
     temperature = calibration.fit_temperature(max_h_in, max_h_out)
     model.head.confidence_temperature = temperature
     return {"temperature": round(temperature, 6), "in": described_in, "out": described_out}
+
+
+def _train_as_worker(config, overwrite, callbacks):
+    """A multi-worker run's part on a worker other than the chief: the same training
+    steps, its own files in a temporary folder (removed after), starting from the
+    chief's checkpoint when the chief resumes. Returns None (the chief has the results).
+    """
+    out = config.output_dir
+    state = folder_lib.check_folder(out, config.to_dict(), overwrite)  # the chief's refusals
+    scratch = tempfile.mkdtemp(prefix="ice-tf-worker-")
+    try:
+        checkpoints = folder_lib.path(out, folder_lib.CHECKPOINTS_DIR)
+        resume = state == "unfinished" and not overwrite and os.path.isdir(checkpoints)
+        if resume:
+            shutil.copytree(checkpoints, folder_lib.path(scratch, folder_lib.CHECKPOINTS_DIR))
+        _train(config, scratch, verbose=0, resume=resume, extra_callbacks=callbacks)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return None
+
+
+def _single_device_copy(model):
+    """The trained model outside the multi-worker strategy (evaluation on the chief
+    alone would wait for the other workers), through a temporary .keras file."""
+    scratch = tempfile.mkdtemp(prefix="ice-tf-chief-")
+    try:
+        path = os.path.join(scratch, "model.keras")
+        save_model(model, path)
+        return keras.models.load_model(path, compile=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _evaluate_and_export(config, model, out, verbose):

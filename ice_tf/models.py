@@ -178,12 +178,14 @@ class _DivergenceGuard(keras.callbacks.Callback):
 
     def _check(self, logs, where):
         logs = logs if logs is not None else {}
-        found = int(logs.pop(NONFINITE_LOG, FINITE))
+        # The mean over replicas: weights are mirrored, so all replicas report them
+        # (NONFINITE_WEIGHTS); anything less but above FINITE is a bad input on some.
+        found = float(np.max(logs.pop(NONFINITE_LOG, FINITE)))
         loss = logs.get("loss")
-        if found == NONFINITE_INPUT:
+        if FINITE < found < NONFINITE_WEIGHTS:
             message = (f"a training batch holds NaN or inf values ({where}): check the data, e.g. "
                        "for a corrupt image or a division by zero in preprocessing")
-        elif found == NONFINITE_WEIGHTS:
+        elif found >= NONFINITE_WEIGHTS:
             message = f"training diverged (non-finite weights) at {where}: {DIVERGENCE_REMEDY}"
         elif loss is not None and not math.isfinite(float(loss)):
             message = f"training diverged (non-finite loss) at {where}: {DIVERGENCE_REMEDY}"
@@ -201,14 +203,16 @@ class _DivergenceGuard(keras.callbacks.Callback):
 
 def _nonfinite_code(data, variables):
     """`NONFINITE_INPUT` if a float tensor of the batch `data` is not finite, else
-    `NONFINITE_WEIGHTS` if a variable is not, else `FINITE` (an int32 tensor)."""
+    `NONFINITE_WEIGHTS` if a variable is not, else `FINITE`, as a float32 scalar: Keras
+    averages logs over replicas, and `_DivergenceGuard` reads that mean."""
     inputs = [tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(data)
               if tf.as_dtype(t.dtype).is_floating]
     weights = [tf.reduce_all(tf.math.is_finite(v)) for v in variables
                if tf.as_dtype(v.dtype).is_floating]
     inputs_ok = tf.reduce_all(tf.stack(inputs)) if inputs else tf.constant(True)
     weights_ok = tf.reduce_all(tf.stack(weights)) if weights else tf.constant(True)
-    return tf.where(inputs_ok, tf.where(weights_ok, FINITE, NONFINITE_WEIGHTS), NONFINITE_INPUT)
+    code = tf.where(inputs_ok, tf.where(weights_ok, FINITE, NONFINITE_WEIGHTS), NONFINITE_INPUT)
+    return tf.cast(code, tf.float32)
 
 
 @contextlib.contextmanager
@@ -521,11 +525,27 @@ class OODModel(keras.Model):
         # spreads through the weights: the inputs and the weights are checked too.
         logs[NONFINITE_LOG] = _nonfinite_code(data, self.trainable_variables
                                               + self.non_trainable_variables)
+        if distribute.is_multi_worker(self.distribute_strategy):
+            # Keras averages logs across workers along axis 0, which a scalar lacks.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
     def test_step(self, data):
         labels, outputs_in, terms, loss = self._forward_and_loss(data, training=False)
         return self._update_trackers(labels, outputs_in, terms, loss)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds from the first batch reduced over all replicas; across workers that
+        # reduce is a collective that fails on nested batches. One replica's batch has the
+        # shapes the build needs.
+        if iterator is not None and distribute.is_multi_worker(self.distribute_strategy):
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: self.distribute_strategy.experimental_local_results(value)[0],
+                    next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit` on batches `((x, y), x_outliers)` (see `ice_tf.data.with_outliers`)

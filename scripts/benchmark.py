@@ -1,48 +1,51 @@
-"""Training-step throughput of the OOD methods on one backbone.
+"""Training throughput of the OOD methods, and against the PyTorch reference code.
 
-Measures the wall-clock time of one training step, exactly the step that
-`OODModel.fit` runs (`model.make_train_function()`, then
-`model.train_function(iterator)` on a distributed iterator over a `tf.data`
-dataset), for each method in `--methods`, and prints a markdown table.
+Two modes:
+  * `--mode=step` (default): the wall-clock time of one training step, exactly the
+    step that `OODModel.fit` runs (`model.make_train_function()`, then
+    `model.train_function(iterator)` on a distributed iterator over a `tf.data`
+    dataset of fixed random batches, so the input pipeline costs next to nothing).
+  * `--mode=epoch`: one whole epoch of `model.fit` on the embedded benchmark
+    (13,000 Fashion-MNIST images with 256 outliers per 128, the demo's input
+    pipeline with augmentation), data loading included.
 
-Setup, for every method:
-  * one `OODModel` per method (same backbone architecture, `--num_classes`
-    classes), built up front; `ce`, `oe`, `energy` and `bce` use the linear head
-    (Eq. 0.1), `ice` and `ice_minus` the Gaussian head (Eq. 0.11);
-  * SGD(0.1, momentum 0.9, Nesterov) and `weight_decay=5e-4`, as in training;
-  * random float32 images (fixed batches repeated, so the input pipeline costs
-    next to nothing) and random labels.
+Rows: every method of `--methods` under every policy of `--precisions`
+(`ice_tf.precision`; `auto` is the default one of this machine) and every
+setting of `--xla`. `ce`, `oe`, `energy` and `bce` use the linear head (Eq. 0.1),
+`ice` and `ice_minus` the Gaussian head (Eq. 0.11); SGD(0.1, momentum 0.9,
+Nesterov), `weight_decay=5e-4`, as in training.
+
+With `--against=torch` the run also times the Outlier Exposure reference step,
+written as in hendrycks/outlier-exposure (`scripts/torch_reference.py`: the
+reference WRN, one forward pass over the concatenated batch, its OE loss, SGD
+with a per-batch cosine schedule), in float32, in the reference's NCHW layout
+and in channels-last; in epoch mode through a PyTorch `DataLoader` with the
+reference's augmentation. PyTorch is installed by the script into its own
+environment (`--torch_env`, created when missing; never a dependency of ice-tf)
+and runs in a worker process, interleaved with ice-tf's steps.
 
 What each row measures:
-  * `oe`, `energy`, `bce`, `ice`, `ice_minus`: one step on `--batch_in`
-    in-distribution images plus `--batch_out` outliers, i.e. one forward and
-    backward pass over batch_in + batch_out images (384 by default).
-  * `ce`: by default plain cross-entropy on the `--batch_in` in-distribution
-    images only (128 by default), as the plain baseline trains; its step does
-    about a third of the work of the others, so compare it through images/s.
-    With `--ce_uses_outliers`, `ce` instead gets batch_in + batch_out
-    in-distribution images per step, the same compute as the outlier methods:
-    the cost of the backbone plus a linear head and plain CE.
+  * `oe`, `energy`, `bce`, `ice`, `ice_minus`, and the torch rows: one step on
+    `--batch_in` in-distribution images plus `--batch_out` outliers (384 by default).
+  * `ce`: plain cross-entropy on the `--batch_in` images only, as the plain
+    baseline trains; with `--ce_uses_outliers` it gets batch_in + batch_out
+    in-distribution images, the same compute as the others.
 
-Columns: median seconds per step, min-max over the timed steps, images per
-second (images per step / median), the median step time divided by that of
-`ce` and that of `oe`, and the median over rounds of the per-round ratio to
-`oe` (each round times every method once, so this ratio pairs steps run close
-in time). `x oe` is the number to compare between `oe`, `energy` and `ice`,
-which process the same images per step (e.g. the target ICE <= 1.02x OE).
+Columns: median seconds per step (or epoch), min-max, images per second, the
+median time divided by that of `ce` and of `oe` of the same precision and XLA
+setting, the median of the per-round ratios to that `oe`, and the speed-up over
+the reference PyTorch step (its median time divided by the row's).
 
-Timing: every model first runs `--warmup` untimed steps (the first one traces
-the step function). Then `--steps` rounds run one timed step of every method,
+Timing: every row first runs `--warmup` untimed steps (the first one traces the
+step function). Then `--steps` rounds time one step (epoch) of every row,
 round-robin, reversing the order every round, so that load from other processes
-on a shared machine hits all methods alike. Each timed call ends only when its
-returned logs are fetched to numpy. Reported times are medians. Ratios are only
-comparable within one run (same machine, same load); absolute times vary
-between runs and machines.
+hits all rows alike. Ratios are comparable only within one run.
 
 Run:
   python scripts/benchmark.py                       # WRN-40-2, 32x32x3, 128 + 256
-  python scripts/benchmark.py --backbone small_cnn --steps 1 --warmup 1   # quick check
-  python scripts/benchmark.py --methods oe,ice --steps 20 --json_out /tmp/bench.json
+  python scripts/benchmark.py --methods=oe,ice --precisions=float32,auto --against=torch
+  python scripts/benchmark.py --mode=epoch --backbone=small_cnn --methods=oe --against=torch
+  python scripts/benchmark.py --backbone=small_cnn --steps=1 --warmup=1   # quick check
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ import json
 import logging
 import os
 import platform
+import shlex
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -63,27 +70,48 @@ from absl import app, flags  # noqa: E402
 from ice_tf import losses  # noqa: E402
 
 FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_WORKER = os.path.join(REPO, "scripts", "torch_reference.py")
+TORCH_LAYOUTS = ("nchw", "channels_last")  # the first is the reference code's
 
 # Head used by each method, by the rule the experiments use (Gaussian for ICE and ICE⁻).
 HEAD_FOR = {name: losses.spec(name).default_head for name in losses.names()}
 
+flags.DEFINE_enum("mode", "step", ["step", "epoch"], "Time training steps on fixed batches, or "
+                  "whole epochs of fit on the embedded benchmark (data loading included).")
 flags.DEFINE_string("backbone", "wrn40_2", "Backbone name from ice_tf.backbones.names().")
 flags.DEFINE_integer("batch_in", 128, "In-distribution images per step.", lower_bound=1)
 flags.DEFINE_integer("batch_out", 256, "Outlier images per step.", lower_bound=1)
-flags.DEFINE_integer("image_size", 32, "Image height and width.", lower_bound=1)
-flags.DEFINE_integer("channels", 3, "Image channels.", lower_bound=1)
-flags.DEFINE_integer("num_classes", 10, "Number of classes K.", lower_bound=2)
+flags.DEFINE_integer("image_size", 32, "Image height and width (step mode).", lower_bound=1)
+flags.DEFINE_integer("channels", 3, "Image channels (step mode).", lower_bound=1)
+flags.DEFINE_integer("num_classes", 10, "Number of classes K (step mode).", lower_bound=2)
 flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"],
                   f"Comma-separated methods to time, among {', '.join(HEAD_FOR)}.")
-flags.DEFINE_integer("steps", 10, "Timed steps (rounds) per method.", lower_bound=1)
-flags.DEFINE_integer("warmup", 2, "Untimed steps per method before timing; the first one traces "
+flags.DEFINE_list("precisions", ["float32"], "Precision policies to time each method under "
+                  "(ice_tf.precision: auto, float32, mixed_bfloat16, mixed_float16).")
+flags.DEFINE_list("xla", ["off"], "XLA settings to time each method under: off, on.")
+flags.DEFINE_bool("jit_compile", False, "Same as --xla=on (older commands).")
+flags.DEFINE_integer("steps", 10, "Timed rounds: steps, or epochs with --mode=epoch.",
+                     lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed steps per row before timing; the first one traces "
                      "the step function.", lower_bound=0)
 flags.DEFINE_bool("ce_uses_outliers", False,
                   "Feed `ce` batch_in + batch_out in-distribution images per step, the compute "
                   "of the outlier methods, instead of batch_in images.")
-flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_bool("deterministic", False, "Time the steps under op determinism (--deterministic "
                   "of the training scripts).")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: its default).",
+                     lower_bound=0)
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: its default).",
+                     lower_bound=0)
+flags.DEFINE_enum("against", None, ["torch"], "Also time the PyTorch reference step (OE, "
+                  "WRN-40-2 or small_cnn), interleaved.")
+flags.DEFINE_string("torch_env", os.path.join(REPO, ".venv-torch"),
+                    "Virtual environment with PyTorch; created and filled when missing.")
+flags.DEFINE_string("torch_pip_args", "torch numpy",
+                    "What pip installs into a new --torch_env (e.g. add --index-url for CPU wheels).")
+flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: its default).", lower_bound=0)
+flags.DEFINE_integer("torch_workers", 2, "DataLoader worker processes (epoch mode).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Random seed for weights and data.")
 flags.DEFINE_string("json_out", None, "Optional path of a JSON file with the raw results.")
 
@@ -91,6 +119,19 @@ flags.DEFINE_string("json_out", None, "Optional path of a JSON file with the raw
 @flags.validator("methods", message=f"methods must be distinct names among {', '.join(HEAD_FOR)}")
 def _check_methods(methods):
     return bool(methods) and len(set(methods)) == len(methods) and all(m in HEAD_FOR for m in methods)
+
+
+@flags.validator("xla", message="xla takes off and/or on")
+def _check_xla(values):
+    return bool(values) and set(values) <= {"off", "on"} and len(set(values)) == len(values)
+
+
+@flags.validator("precisions", message="precisions are among auto, float32, mixed_bfloat16, "
+                 "mixed_float16")
+def _check_precisions(values):
+    from ice_tf import precision
+
+    return bool(values) and all(v in precision.PRECISIONS for v in values)
 
 
 def machine_info():
@@ -148,39 +189,178 @@ def _make_dataset(method, config, rng):
     return tf.data.Dataset.from_tensors(((x, y), x_out)).repeat()
 
 
-class _Runner:
-    """One compiled model and the iterator its train function reads from."""
+def epoch_config(method, config):
+    """The `ExperimentConfig` of an epoch-mode row: the demo's data and schedule."""
+    from ice_tf.config import ExperimentConfig
 
-    def __init__(self, method, config, rng):
+    return ExperimentConfig(
+        in_dataset="embedded_fashion_mnist", outlier_dataset="embedded_outliers",
+        ood_datasets=(), loss=method, backbone=config["backbone"], epochs=100,
+        learning_rate=0.1, batch_in=config["batch_in"], batch_out=config["batch_out"],
+        seed=config["seed"], output_dir=os.devnull).validate()
+
+
+class _Row:
+    """One timed configuration: `step()` runs one step (or epoch), returns seconds."""
+
+    framework = "ice-tf"
+
+    def __init__(self, method, head, precision, xla, images):
+        self.method, self.head, self.precision, self.xla = method, head, precision, xla
+        self.images, self.times, self.last_logs = images, [], None
+
+    @property
+    def label(self):
+        return self.method
+
+
+class _TensorFlowRow(_Row):
+    """One compiled `OODModel` and the iterator its train function reads from."""
+
+    def __init__(self, method, policy, xla, config, rng):
         import keras
 
-        from ice_tf import models
+        from ice_tf import experiment, models, precision
 
-        self.method = method
-        self.head = HEAD_FOR[method]
-        self.images = images_per_step(
-            method, config["batch_in"], config["batch_out"], config["ce_uses_outliers"]
-        )
-        shape = (config["image_size"], config["image_size"], config["channels"])
-        self.model = models.build_model(config["backbone"], shape, config["num_classes"], head=self.head)
-        optimizer = keras.optimizers.SGD(learning_rate=0.1, momentum=0.9, nesterov=True)
-        self.model.compile(optimizer, loss=method, weight_decay=5e-4, jit_compile=config["jit_compile"])
-        # As in fit: the dataset goes through the model's strategy, then one step per call.
-        dataset = _make_dataset(method, config, rng)
-        distributed = self.model.distribute_strategy.experimental_distribute_dataset(dataset)
-        self.iterator = iter(distributed)
-        self.model.make_train_function()
-        self.times = []
-        self.last_logs = None
+        images = (images_per_step(method, config["batch_in"], config["batch_out"],
+                                  config["ce_uses_outliers"]) if config["mode"] == "step"
+                  else None)
+        with precision.policy(policy) as resolved:
+            super().__init__(method, HEAD_FOR[method], resolved, xla, images)
+            self.epoch = config["mode"] == "epoch"
+            optimizer = keras.optimizers.SGD(learning_rate=0.1, momentum=0.9, nesterov=True)
+            if self.epoch:
+                import tensorflow as tf
+
+                run_config = epoch_config(method, config)
+                self.dataset, self.steps_per_epoch = experiment.make_train_data(
+                    run_config, config["batch_in"], config["batch_out"])
+                self.model = experiment.build_model(run_config, tf.distribute.get_strategy())
+                self.images = self.steps_per_epoch * images_per_step(
+                    method, config["batch_in"], config["batch_out"], False)
+            else:
+                shape = (config["image_size"], config["image_size"], config["channels"])
+                self.model = models.build_model(config["backbone"], shape, config["num_classes"],
+                                                head=self.head)
+            self.model.compile(optimizer, loss=method, weight_decay=5e-4, jit_compile=xla == "on")
+            if not self.epoch:
+                # As in fit: the dataset goes through the model's strategy, one step per call.
+                dataset = _make_dataset(method, config, rng)
+                distributed = self.model.distribute_strategy.experimental_distribute_dataset(dataset)
+                self.iterator = iter(distributed)
+                self.model.make_train_function()
+
+    def warm_up(self, steps):
+        if self.epoch:
+            if steps:
+                self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+            return
+        for _ in range(steps):
+            self.step()
 
     def step(self):
-        """Runs one training step; returns its wall-clock seconds (logs fetched to numpy)."""
         start = time.perf_counter()
-        logs = self.model.train_function(self.iterator)
-        logs = {name: float(value.numpy()) for name, value in logs.items()}
+        if self.epoch:
+            history = self.model.fit(self.dataset, epochs=1, steps_per_epoch=self.steps_per_epoch,
+                                     verbose=0)
+            logs = {name: float(values[-1]) for name, values in history.history.items()}
+        else:
+            logs = self.model.train_function(self.iterator)
+            logs = {name: float(value.numpy()) for name, value in logs.items()}
         elapsed = time.perf_counter() - start
         self.last_logs = logs
         return elapsed
+
+
+def ensure_torch_env(env, pip_args, log=print):
+    """The Python of a virtual environment with PyTorch, created and filled when missing.
+
+    Example:
+      python = ensure_torch_env(".venv-torch", "torch numpy")
+    """
+    python = os.path.join(env, "bin", "python")
+    check = [python, "-c", "import torch, numpy"]
+    if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    log(f"installing PyTorch into {env} (pip install {pip_args}); once, a few minutes...")
+    subprocess.run([sys.executable, "-m", "venv", env], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", *shlex.split(pip_args)], check=True)
+    if subprocess.run(check, capture_output=True).returncode != 0:
+        raise SystemExit(f"error: PyTorch does not import in {env}; remove the folder and retry, "
+                         "or set --torch_pip_args.")
+    return python
+
+
+class TorchWorker:
+    """The reference step in a PyTorch process (`scripts/torch_reference.py`), driven
+    over JSON lines."""
+
+    def __init__(self, python, config, data_path=None, log=print):
+        command = [python, TORCH_WORKER, f"--backbone={config['backbone']}",
+                   f"--batch_in={config['batch_in']}", f"--batch_out={config['batch_out']}",
+                   f"--image_size={config['image_size']}", f"--channels={config['channels']}",
+                   f"--num_classes={config['num_classes']}", f"--layouts={','.join(TORCH_LAYOUTS)}",
+                   f"--threads={config['torch_threads']}", f"--workers={config['torch_workers']}",
+                   f"--seed={config['seed']}"]
+        if data_path:
+            command.append(f"--data={data_path}")
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        self.info = self._read()
+        log(f"PyTorch {self.info['torch']} worker ready ({self.info['threads']} threads)")
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit("error: the PyTorch worker stopped; its messages are above.")
+        return json.loads(line)
+
+    def request(self, **message):
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=60)
+
+
+class _TorchRow(_Row):
+    framework = "torch"
+
+    def __init__(self, worker, layout, config, images):
+        super().__init__("oe", "linear", "float32", "off", images)
+        self.worker, self.layout, self.epoch = worker, layout, config["mode"] == "epoch"
+
+    @property
+    def label(self):
+        return f"torch oe ({'NCHW, reference' if self.layout == 'nchw' else 'channels-last'})"
+
+    def warm_up(self, steps):
+        for _ in range(steps if not self.epoch else 0):
+            self.step()
+
+    def step(self):
+        reply = self.worker.request(**{"epoch" if self.epoch else "step": self.layout})
+        self.last_logs = {"loss": reply["loss"]}
+        return reply["seconds"]
+
+
+def write_epoch_data(path, seed):
+    """The embedded benchmark's training images, outliers and normalisation as one npz
+    for the PyTorch worker's DataLoader."""
+    import numpy as np
+
+    from ice_tf import data
+    from ice_tf.data import embedded
+
+    images = embedded.read_arrays("fashion_mnist.npz")
+    outliers = embedded.read_arrays("outliers.npz")
+    mean, std = data.normalization("embedded_fashion_mnist")
+    np.savez(path, images=images["train_images"][..., None], labels=images["train_labels"],
+             outliers=outliers["train"][..., None], mean=np.asarray(mean), std=np.asarray(std))
 
 
 class _NoRetracingWarning(logging.Filter):
@@ -190,65 +370,82 @@ class _NoRetracingWarning(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def run_benchmark(config, log=print):
-    """Builds, warms up and times every method; returns a list of per-method result dicts."""
+def run_benchmark(config, log=print, torch_python=None):
+    """Builds, warms up and times every row; returns a list of per-row result dicts."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     tf.get_logger().addFilter(_NoRetracingWarning())
-
     keras.utils.set_random_seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
-    runners = []
-    for method in config["methods"]:
-        log(f"building {method} ({HEAD_FOR[method]} head)...")
-        runners.append(_Runner(method, config, rng))
-    jit_used = {r.method: bool(r.model.jit_compile) for r in runners}
+    rows = []
+    for policy in config["precisions"]:
+        for xla in config["xla"]:
+            for method in config["methods"]:
+                log(f"building {method} ({HEAD_FOR[method]} head, {policy}, XLA {xla})...")
+                rows.append(_TensorFlowRow(method, policy, xla, config, rng))
+    worker, scratch = None, None
+    if torch_python:
+        data_path = None
+        if config["mode"] == "epoch":
+            scratch = tempfile.mkdtemp(prefix="ice-tf-bench-")
+            data_path = os.path.join(scratch, "embedded.npz")
+            write_epoch_data(data_path, config["seed"])
+        worker = TorchWorker(torch_python, config, data_path, log=log)
+        images = rows[0].images if config["mode"] == "epoch" else config["batch_in"] + config["batch_out"]
+        rows += [_TorchRow(worker, layout, config, images) for layout in TORCH_LAYOUTS]
+    try:
+        for row in rows:
+            start = time.perf_counter()
+            row.warm_up(config["warmup"])
+            log(f"warm-up {row.label} ({row.precision}, XLA {row.xla}): {config['warmup']} steps "
+                f"in {time.perf_counter() - start:.1f}s")
+        gc.collect()
+        order = list(rows)
+        for round_index in range(config["steps"]):
+            for row in order:
+                row.times.append(row.step())
+            log(f"round {round_index + 1}/{config['steps']}: "
+                + ", ".join(f"{r.label} {r.precision} {r.times[-1]:.3f}s" for r in rows))
+            order.reverse()
+    finally:
+        if worker:
+            worker.close()
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return summarize(rows, torch_info=worker.info if worker else None)
 
-    for runner in runners:
-        start = time.perf_counter()
-        for _ in range(config["warmup"]):
-            runner.step()
-        log(f"warm-up {runner.method}: {config['warmup']} steps in {time.perf_counter() - start:.1f}s")
 
-    gc.collect()
-    order = list(runners)
-    for round_index in range(config["steps"]):
-        for runner in order:
-            runner.times.append(runner.step())
-        log(f"round {round_index + 1}/{config['steps']}: "
-            + ", ".join(f"{r.method} {r.times[-1]:.3f}s" for r in runners))
-        order.reverse()
+def summarize(rows, torch_info=None):
+    """Per-row result dicts: medians, ratios to ce/oe of the same setting, speed-up over
+    the reference PyTorch step."""
+    def same_setting(row, method):
+        return next((r for r in rows if r.framework == row.framework and r.method == method
+                     and r.precision == row.precision and r.xla == row.xla), None)
 
-    by_method = {r.method: r for r in runners}
+    reference = next((r for r in rows if isinstance(r, _TorchRow) and r.layout == "nchw"), None)
     results = []
-    for runner in runners:
-        times = runner.times
-        median = statistics.median(times)
+    for row in rows:
+        median = statistics.median(row.times)
         result = {
-            "method": runner.method,
-            "head": runner.head,
-            "images_per_step": runner.images,
-            "times_s": times,
-            "median_s": median,
-            "min_s": min(times),
-            "max_s": max(times),
-            "images_per_s": runner.images / median,
-            "jit_compile": jit_used[runner.method],
-            "last_logs": runner.last_logs,
+            "method": row.label, "framework": row.framework, "head": row.head,
+            "precision": row.precision, "xla": row.xla, "images_per_step": row.images,
+            "times_s": row.times, "median_s": median, "min_s": min(row.times),
+            "max_s": max(row.times), "images_per_s": row.images / median,
+            "jit_compile": row.xla == "on", "last_logs": row.last_logs,
+            "speedup_vs_torch": (statistics.median(reference.times) / median
+                                 if reference else None),
         }
-        for ref in ("ce", "oe"):
-            other = by_method.get(ref)
-            if other is None:
-                result[f"ratio_to_{ref}"] = None
-                result[f"paired_ratio_to_{ref}"] = None
-            else:
-                result[f"ratio_to_{ref}"] = median / statistics.median(other.times)
-                result[f"paired_ratio_to_{ref}"] = statistics.median(
-                    a / b for a, b in zip(times, other.times)
-                )
+        for name in ("ce", "oe"):
+            other = same_setting(row, name) if row.framework == "ice-tf" else None
+            result[f"ratio_to_{name}"] = (None if other is None
+                                          else median / statistics.median(other.times))
+            result[f"paired_ratio_to_{name}"] = (None if other is None else statistics.median(
+                a / b for a, b in zip(row.times, other.times)))
         results.append(result)
+    if torch_info:
+        results[-1]["torch"] = torch_info
     return results
 
 
@@ -258,55 +455,65 @@ def _ratio(value):
 
 def format_report(results, machine, config):
     """The machine description and the markdown table, as one string."""
-    xla = sorted({r["jit_compile"] for r in results})
+    torch_row = next((r for r in results if r.get("torch")), None)
+    unit = "epoch" if config["mode"] == "epoch" else "step"
+    setup = (f"one epoch of fit on the embedded benchmark ({results[0]['images_per_step']} images "
+             "with outliers, augmentation on)" if config["mode"] == "epoch" else
+             f"images {config['image_size']}x{config['image_size']}x{config['channels']}, "
+             f"K = {config['num_classes']}, ce uses outliers: {config['ce_uses_outliers']}")
     lines = [
         f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores "
         f"(os.cpu_count() = {machine['cpu_count']}), GPUs: {', '.join(machine['gpus']) or 'none'}",
         f"Software: Python {machine['python']}, TensorFlow {machine['tensorflow']}, "
-        f"Keras {machine['keras']}; XLA (jit_compile): {'yes' if xla == [True] else 'no' if xla == [False] else 'mixed'}",
-        f"Setup: backbone {config['backbone']}, images {config['image_size']}x{config['image_size']}x"
-        f"{config['channels']}, K = {config['num_classes']}, batch_in {config['batch_in']} + batch_out "
-        f"{config['batch_out']}, ce uses outliers: {config['ce_uses_outliers']}; "
-        f"{config['warmup']} warm-up + {config['steps']} timed steps per method, interleaved; "
-        f"op determinism: {'on' if config.get('deterministic') else 'off'}",
+        f"Keras {machine['keras']}"
+        + (f", PyTorch {torch_row['torch']['torch']} ({torch_row['torch']['threads']} threads)"
+           if torch_row else "")
+        + f"; TensorFlow threads intra {machine['intra_op_threads'] or 'default'}, inter "
+        f"{machine['inter_op_threads'] or 'default'}",
+        f"Setup: backbone {config['backbone']}, batch_in {config['batch_in']} + batch_out "
+        f"{config['batch_out']}, {setup}; {config['warmup']} warm-up + {config['steps']} timed "
+        f"{unit}s per row, interleaved; op determinism: {'on' if config.get('deterministic') else 'off'}",
         "",
-        "| method | head | images/step | median s/step | min–max s | images/s | × ce | × oe | × oe (paired) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| method | head | precision | XLA | images/{unit} | median s/{unit} | min–max s | images/s "
+        "| × ce | × oe | × oe (paired) | speed-up vs torch |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['method']} | {r['head']} | {r['images_per_step']} | {r['median_s']:.4f} | "
-            f"{r['min_s']:.4f}–{r['max_s']:.4f} | {r['images_per_s']:.1f} | "
-            f"{_ratio(r['ratio_to_ce'])} | {_ratio(r['ratio_to_oe'])} | {_ratio(r['paired_ratio_to_oe'])} |"
+            f"| {r['method']} | {r['head']} | {r['precision']} | {r['xla']} | {r['images_per_step']} | "
+            f"{r['median_s']:.4f} | {r['min_s']:.4f}–{r['max_s']:.4f} | {r['images_per_s']:.1f} | "
+            f"{_ratio(r['ratio_to_ce'])} | {_ratio(r['ratio_to_oe'])} | "
+            f"{_ratio(r['paired_ratio_to_oe'])} | {_ratio(r['speedup_vs_torch'])} |"
         )
-    if any(r["method"] == "ce" for r in results) and not config["ce_uses_outliers"]:
-        lines.append("")
-        lines.append(
-            f"Note: ce processes only {config['batch_in']} images per step (no outliers); the other "
-            f"methods process {config['batch_in'] + config['batch_out']}. Compare ce by images/s."
-        )
-    lines.append("")
-    lines.append(
-        "× ce / × oe: ratio of median step times; × oe (paired): median of per-round ratios. "
-        "Ratios are comparable only within one run."
-    )
+    if (config["mode"] == "step" and "ce" in config["methods"] and not config["ce_uses_outliers"]):
+        lines += ["", f"Note: ce processes only {config['batch_in']} images per step (no outliers); "
+                      f"the other methods process {config['batch_in'] + config['batch_out']}. "
+                      "Compare ce by images/s."]
+    lines += ["", "× ce / × oe: ratio of median times to the row of that method with the same "
+                  "precision and XLA; × oe (paired): median of per-round ratios; speed-up vs torch: "
+                  "the reference PyTorch step's (NCHW, float32) median time over the row's. Ratios "
+                  "are comparable only within one run."]
     return "\n".join(lines)
 
 
 def _config_from_flags():
     return {
+        "mode": FLAGS.mode,
         "backbone": FLAGS.backbone,
         "batch_in": FLAGS.batch_in,
         "batch_out": FLAGS.batch_out,
-        "image_size": FLAGS.image_size,
-        "channels": FLAGS.channels,
-        "num_classes": FLAGS.num_classes,
+        "image_size": FLAGS.image_size if FLAGS.mode == "step" else 28,
+        "channels": FLAGS.channels if FLAGS.mode == "step" else 1,
+        "num_classes": FLAGS.num_classes if FLAGS.mode == "step" else 10,
         "methods": list(FLAGS.methods),
+        "precisions": list(FLAGS.precisions),
+        "xla": ["on"] if FLAGS.jit_compile else list(FLAGS.xla),
         "steps": FLAGS.steps,
         "warmup": FLAGS.warmup,
         "ce_uses_outliers": FLAGS.ce_uses_outliers,
-        "jit_compile": FLAGS.jit_compile,
         "deterministic": FLAGS.deterministic,
+        "torch_threads": FLAGS.torch_threads,
+        "torch_workers": FLAGS.torch_workers,
         "seed": FLAGS.seed,
     }
 
@@ -321,16 +528,26 @@ def main(argv):
         raise app.UsageError(
             f"unknown backbone {config['backbone']!r}; valid: {', '.join(backbones.names())}"
         )
+    if FLAGS.against == "torch" and config["backbone"] not in ("wrn40_2", "small_cnn"):
+        raise app.UsageError("--against=torch has PyTorch versions of wrn40_2 and small_cnn only")
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    import tensorflow as tf
+
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     if config["deterministic"]:
         from ice_tf import experiment
 
         experiment.enable_determinism()
+    torch_python = (ensure_torch_env(FLAGS.torch_env, FLAGS.torch_pip_args, log)
+                    if FLAGS.against == "torch" else None)
     machine = machine_info()
-    results = run_benchmark(config, log=log)
+    results = run_benchmark(config, log=log, torch_python=torch_python)
     print(format_report(results, machine, config), flush=True)
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:

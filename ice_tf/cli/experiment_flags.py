@@ -72,7 +72,8 @@ HELP = {
                      "machine (slower; BUILD.md gives the cost).",
     "checkpoint_steps": "Also save the training state every this many steps within an epoch "
                         "(long epochs); unset = after every epoch only.",
-    "strategy": "auto (mirrored over several GPUs), default or mirrored.",
+    "strategy": "auto (mirrored over several GPUs), default, mirrored, or multi_worker "
+                "(several machines: TF_CONFIG or a Slurm allocation; BUILD.md).",
     "precision": "auto (mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bfloat16 "
                  "instructions, else float32), float32, mixed_bfloat16 or mixed_float16; the "
                  "heads and losses stay float32.",

@@ -1,0 +1,109 @@
+"""Multi-worker training (`--strategy=multi_worker`) with two local worker processes.
+
+Two workers on localhost ports end two steps with the weights one device reaches on
+the same global batches; a run whose worker is killed mid-epoch resumes, once the job
+is started again, and ends where an uninterrupted run ends.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import blob_data, zipped_dataset
+
+from ice_tf import models
+
+RUNNER = pathlib.Path(__file__).resolve().parent / "multi_worker_runner.py"
+REPO = RUNNER.parents[1]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(args, tmp_path, tag, kill_worker_at=None):
+    cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+                   TF_CONFIG=json.dumps({"cluster": cluster,
+                                         "task": {"type": "worker", "index": index}}))
+        extra = [f"--kill-at={kill_worker_at}"] if kill_worker_at and index == 1 else []
+        log = open(tmp_path / f"{tag}-worker{index}.log", "w")
+        processes.append(subprocess.Popen([sys.executable, str(RUNNER), *args, *extra], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return processes
+
+
+def _wait(processes, tmp_path, tag, timeout=400):
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+    logs = "\n".join((tmp_path / f"{tag}-worker{i}.log").read_text()[-3000:] for i in range(2))
+    return codes, logs
+
+
+def _weights(path):
+    return keras.models.load_model(path, compile=False).get_weights()
+
+
+def test_two_worker_steps_equal_one_device(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = models.build_model("small_cnn", (8, 8, 1), 3, head="gaussian", width=4, feature_dim=8)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), loss="ice",
+                  weight_decay=5e-4)
+    start = model.get_weights()
+    np.savez(tmp_path / "init.npz", *start)
+    images, labels, outliers = blob_data(num_in=32, num_out=64, num_classes=3, shape=(8, 8, 1))
+    model.fit(zipped_dataset(images, labels, outliers, 16, 32), epochs=1, steps_per_epoch=2,
+              verbose=0)
+    expected = model.get_weights()
+
+    processes = _launch(["steps", str(tmp_path / "init.npz"), str(tmp_path / "w{}.npz")],
+                        tmp_path, "steps")
+    codes, logs = _wait(processes, tmp_path, "steps")
+    assert codes == [0, 0], logs
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(start, expected))
+    assert moved > 1e-2  # the steps changed the weights
+    for index in range(2):
+        got = list(np.load(tmp_path / f"w{index}.npz").values())
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    codes, logs = _wait(_launch(["run", str(whole)], tmp_path, "whole"), tmp_path, "whole")
+    assert codes == [0, 0], logs
+
+    # Worker 1 dies at step 2 of epoch 2; the chief's collectives then fail.
+    codes, logs = _wait(_launch(["run", str(resumed)], tmp_path, "killed", kill_worker_at="2:2"),
+                        tmp_path, "killed")
+    assert codes[1] == -9 and codes[0] != 0, logs
+    assert not (resumed / "results.json").exists()
+    assert json.loads((resumed / "checkpoints" / "last.json").read_text())["epoch"] == 1
+
+    codes, logs = _wait(_launch(["run", str(resumed)], tmp_path, "restarted"), tmp_path,
+                        "restarted")
+    assert codes == [0, 0], logs
+    assert "Resuming" in (tmp_path / "restarted-worker0.log").read_text()
+    # Only the chief wrote a run folder.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["resumed", "whole"]
+    for a, b in zip(_weights(resumed / "model.keras"), _weights(whole / "model.keras")):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    results = [json.loads((folder / "results.json").read_text()) for folder in (whole, resumed)]
+    assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-6)

@@ -4,6 +4,8 @@
       two training steps of a small ICE model on fixed global batches, from the
       weights in INIT.npz; writes the final weights to OUT.npz ("{}" in it: the
       worker's index).
+  python tests/multi_worker_runner.py reference INIT.npz OUT.npz
+      the same on one device, from fresh weights that it also writes to INIT.npz.
   TF_CONFIG=... python tests/multi_worker_runner.py run FOLDER [--kill-at=EPOCH:STEP]
       ice_tf.experiment.run of a tiny deterministic config with strategy=multi_worker
       into FOLDER (the chief's run folder; other workers write elsewhere).
@@ -16,7 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ice_tf import distribute  # noqa: E402
 
-STRATEGY = distribute.get_strategy("multi_worker")  # before any other TensorFlow op
+# Before any other TensorFlow op, as a multi-worker strategy must be made.
+STRATEGY = distribute.get_strategy("default" if sys.argv[1] == "reference" else "multi_worker")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -53,6 +56,14 @@ def steps(init_path, out_path):
     np.savez(out_path.format(STRATEGY.cluster_resolver.task_id), *model.get_weights())
 
 
+def reference(init_path, out_path):
+    keras.utils.set_random_seed(0)
+    model = build_and_compile(STRATEGY)
+    np.savez(init_path, *model.get_weights())
+    model.fit(global_batches(), epochs=1, steps_per_epoch=2, verbose=0)
+    np.savez(out_path, *model.get_weights())
+
+
 def run(folder, kill_at=None):
     from fault_runner import TINY_DETERMINISTIC, KillAt
 
@@ -66,8 +77,8 @@ def run(folder, kill_at=None):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "steps":
-        steps(sys.argv[2], sys.argv[3])
+    if sys.argv[1] in ("steps", "reference"):
+        {"steps": steps, "reference": reference}[sys.argv[1]](sys.argv[2], sys.argv[3])
     else:
         kill = next((a.split("=", 1)[1] for a in sys.argv[3:] if a.startswith("--kill-at=")), None)
         run(sys.argv[2], kill)

@@ -142,3 +142,21 @@ def test_strategy_names():
     assert distribute.get_strategy("auto").num_replicas_in_sync == 1  # no GPUs here
     with pytest.raises(ValueError, match="auto, default, mirrored"):
         distribute.get_strategy("tpu")
+
+
+def test_multi_worker_needs_a_cluster(monkeypatch):
+    for name in ("TF_CONFIG", "SLURM_JOB_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="needs a cluster: set TF_CONFIG"):
+        distribute.cluster_resolver()
+
+
+def test_batches_must_divide_by_the_replicas():
+    class FourReplicas:
+        num_replicas_in_sync = 4
+
+    distribute.check_batches(FourReplicas(), batch_in=128, batch_out=256)
+    with pytest.raises(ValueError, match="batch_out=250 does not divide by the 4 replicas"):
+        distribute.check_batches(FourReplicas(), batch_in=128, batch_out=250)
+    assert distribute.is_chief(distribute.get_strategy("default"))
+    assert not distribute.is_multi_worker(distribute.get_strategy("default"))

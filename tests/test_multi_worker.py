@@ -3,6 +3,10 @@
 Two workers on localhost ports end two steps with the weights one device reaches on
 the same global batches; a run whose worker is killed mid-epoch resumes, once the job
 is started again, and ends where an uninterrupted run ends.
+
+The step comparison runs with Eigen's kernels (`TF_ENABLE_ONEDNN_OPTS=0`), as
+tests/test_distribute.py explains: oneDNN picks other kernels for the half-size
+per-replica batches, which moves the update by up to 2.5e-4 on some CPUs.
 """
 
 import json
@@ -16,10 +20,6 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import blob_data, zipped_dataset
-
-from ice_tf import models
-
 RUNNER = pathlib.Path(__file__).resolve().parent / "multi_worker_runner.py"
 REPO = RUNNER.parents[1]
 
@@ -30,11 +30,11 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _launch(args, tmp_path, tag, kill_worker_at=None):
+def _launch(args, tmp_path, tag, kill_worker_at=None, **env_vars):
     cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
     processes = []
     for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), **env_vars,
                    TF_CONFIG=json.dumps({"cluster": cluster,
                                          "task": {"type": "worker", "index": index}}))
         extra = [f"--kill-at={kill_worker_at}"] if kill_worker_at and index == 1 else []
@@ -62,19 +62,15 @@ def _weights(path):
 
 
 def test_two_worker_steps_equal_one_device(tmp_path):
-    keras.utils.set_random_seed(0)
-    model = models.build_model("small_cnn", (8, 8, 1), 3, head="gaussian", width=4, feature_dim=8)
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), loss="ice",
-                  weight_decay=5e-4)
-    start = model.get_weights()
-    np.savez(tmp_path / "init.npz", *start)
-    images, labels, outliers = blob_data(num_in=32, num_out=64, num_classes=3, shape=(8, 8, 1))
-    model.fit(zipped_dataset(images, labels, outliers, 16, 32), epochs=1, steps_per_epoch=2,
-              verbose=0)
-    expected = model.get_weights()
+    init, one_device = tmp_path / "init.npz", tmp_path / "one_device.npz"
+    eigen = dict(TF_ENABLE_ONEDNN_OPTS="0")
+    completed = subprocess.run([sys.executable, str(RUNNER), "reference", str(init), str(one_device)],
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+                                        **eigen), capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    start, expected = (list(np.load(path).values()) for path in (init, one_device))
 
-    processes = _launch(["steps", str(tmp_path / "init.npz"), str(tmp_path / "w{}.npz")],
-                        tmp_path, "steps")
+    processes = _launch(["steps", str(init), str(tmp_path / "w{}.npz")], tmp_path, "steps", **eigen)
     codes, logs = _wait(processes, tmp_path, "steps")
     assert codes == [0, 0], logs
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(start, expected))
@@ -82,7 +78,7 @@ def test_two_worker_steps_equal_one_device(tmp_path):
     for index in range(2):
         got = list(np.load(tmp_path / f"w{index}.npz").values())
         for a, b in zip(got, expected):
-            np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(tmp_path):

@@ -103,3 +103,13 @@ def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
     results = [json.loads((folder / "results.json").read_text()) for folder in (whole, resumed)]
     assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-6)
+
+
+def test_the_overhead_script_times_the_all_reduce_on_two_workers():
+    script = REPO / "scripts" / "multi_worker_overhead.py"
+    completed = subprocess.run([sys.executable, str(script), "--backbone=small_cnn", "--rounds=2"],
+                               capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| small_cnn gradients |" in completed.stdout
+    assert completed.stdout.count("median all-reduce") == 2

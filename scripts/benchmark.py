@@ -42,7 +42,7 @@ round-robin, reversing the order every round, so that load from other processes
 hits all rows alike. Ratios are comparable only within one run.
 
 Run:
-  python scripts/benchmark.py                       # WRN-40-2, 32x32x3, 128 + 256
+  python scripts/benchmark.py                       # WRN-40-2, 32x32x3, 128 + 256, default precision
   python scripts/benchmark.py --methods=oe,ice --precisions=float32,auto --against=torch
   python scripts/benchmark.py --mode=epoch --backbone=small_cnn --methods=oe --against=torch
   python scripts/benchmark.py --backbone=small_cnn --steps=1 --warmup=1   # quick check
@@ -87,8 +87,9 @@ flags.DEFINE_integer("channels", 3, "Image channels (step mode).", lower_bound=1
 flags.DEFINE_integer("num_classes", 10, "Number of classes K (step mode).", lower_bound=2)
 flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"],
                   f"Comma-separated methods to time, among {', '.join(HEAD_FOR)}.")
-flags.DEFINE_list("precisions", ["float32"], "Precision policies to time each method under "
-                  "(ice_tf.precision: auto, float32, mixed_bfloat16, mixed_float16).")
+flags.DEFINE_list("precisions", ["auto"], "Precision policies to time each method under "
+                  "(ice_tf.precision: auto, the default of training on this machine, float32, "
+                  "mixed_bfloat16, mixed_float16).")
 flags.DEFINE_list("xla", ["off"], "XLA settings to time each method under: off, on.")
 flags.DEFINE_bool("jit_compile", False, "Same as --xla=on (older commands).")
 flags.DEFINE_integer("steps", 10, "Timed rounds: steps, or epochs with --mode=epoch.",

@@ -119,9 +119,10 @@ def dry_run(config):
     return run(config.replace(dry_run=True), verbose=0)
 
 
-def _train(config, out, verbose, resume=False, extra_callbacks=()):
-    """Everything before evaluation, for a real run and a dry run alike: seed, strategy,
-    data, model, fine-tune start or resumed state, compile, callbacks and `fit`.
+def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
+    """Everything before evaluation, for a real run and a dry run alike: seed, data,
+    model (in `strategy`, made by `run`), fine-tune start or resumed state, compile,
+    callbacks and `fit`.
 
     A dry run (`out` None) takes one step of at most 4 + 8 images, on mock data, and
     writes nothing; it has no checkpoint to start a fine-tune from, so its model keeps
@@ -131,7 +132,6 @@ def _train(config, out, verbose, resume=False, extra_callbacks=()):
     """
     dry = out is None
     keras.utils.set_random_seed(config.seed)
-    strategy = distribute.get_strategy(config.strategy)
     batch_in, batch_out = (min(config.batch_in, 4), min(config.batch_out, 8)) if dry else (
         config.batch_in, config.batch_out)
     # The stream starts where the interrupted run stopped (its step count in all).
@@ -268,10 +268,10 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
         enable_determinism()
     with precision_lib.policy(config.precision) as policy:
         if not config.dry_run and not distribute.is_chief(strategy):
-            return _train_as_worker(config, overwrite, callbacks)
+            return _train_as_worker(config, strategy, overwrite, callbacks)
         if config.dry_run:
             with mock_sources():
-                _, history, _ = _train(config, None, verbose=0, extra_callbacks=callbacks)
+                _, history, _ = _train(config, strategy, None, verbose=0, extra_callbacks=callbacks)
                 make_eval_data(config)  # builds every evaluation pipeline
             return {key: float(values[-1]) for key, values in history.history.items()}
         out = config.output_dir
@@ -285,7 +285,7 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
             write_atomic(folder_lib.path(out, folder_lib.README_FILE), folder_lib.readme_text(config))
             for name, text in (files or {}).items():
                 write_atomic(folder_lib.path(out, name), text)
-            model, _, train_seconds = _train(config, out, verbose, resume=resume,
+            model, _, train_seconds = _train(config, strategy, out, verbose, resume=resume,
                                              extra_callbacks=callbacks)
             if distribute.is_multi_worker(strategy):
                 model = _single_device_copy(model)  # the chief evaluates alone
@@ -353,7 +353,7 @@ def fit_confidence_temperature(model, config, limit=TEMPERATURE_FIT_LIMIT):
     return {"temperature": round(temperature, 6), "in": described_in, "out": described_out}
 
 
-def _train_as_worker(config, overwrite, callbacks):
+def _train_as_worker(config, strategy, overwrite, callbacks):
     """A multi-worker run's part on a worker other than the chief: the same training
     steps, its own files in a temporary folder (removed after), starting from the
     chief's checkpoint when the chief resumes. Returns None (the chief has the results).
@@ -366,7 +366,7 @@ def _train_as_worker(config, overwrite, callbacks):
         resume = state == "unfinished" and not overwrite and os.path.isdir(checkpoints)
         if resume:
             shutil.copytree(checkpoints, folder_lib.path(scratch, folder_lib.CHECKPOINTS_DIR))
-        _train(config, scratch, verbose=0, resume=resume, extra_callbacks=callbacks)
+        _train(config, strategy, scratch, verbose=0, resume=resume, extra_callbacks=callbacks)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return None

@@ -349,7 +349,7 @@ class _TorchRow(_Row):
         return reply["seconds"]
 
 
-def write_epoch_data(path, seed):
+def write_epoch_data(path):
     """The embedded benchmark's training images, outliers and normalisation as one npz
     for the PyTorch worker's DataLoader."""
     import numpy as np
@@ -392,7 +392,7 @@ def run_benchmark(config, log=print, torch_python=None):
         if config["mode"] == "epoch":
             scratch = tempfile.mkdtemp(prefix="ice-tf-bench-")
             data_path = os.path.join(scratch, "embedded.npz")
-            write_epoch_data(data_path, config["seed"])
+            write_epoch_data(data_path)
         worker = TorchWorker(torch_python, config, data_path, log=log)
         images = rows[0].images if config["mode"] == "epoch" else config["batch_in"] + config["batch_out"]
         rows += [_TorchRow(worker, layout, config, images) for layout in TORCH_LAYOUTS]

@@ -19,10 +19,14 @@ from typing import Optional
 # Config fields that set a method's hyperparameters (`ice_tf.losses.spec(loss).hyperparameters`),
 # by the constructor argument they fill. A field set for a method that has no such
 # argument is refused by `validate`, never ignored.
-METHOD_FIELDS = {"loss_weight": "weight", "margin_in": "margin_in", "margin_out": "margin_out"}
+METHOD_FIELDS = {"loss_weight": "weight", "margin_in": "margin_in", "margin_out": "margin_out",
+                 "in_term_weight": "in_term_weight", "out_term_weight": "out_term_weight"}
 SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
 HEAD_CHOICES = ("auto", "linear", "gaussian")
+# How a Gaussian head starts a scratch run: "random", N(0, 1) means and L = I (the paper's),
+# or "features", the class means and tied covariance of the first batches' features.
+HEAD_INITS = ("random", "features")
 # Training-time analyses recorded by ice_tf.callbacks (docs/analyses.md).
 ANALYSES = ("gradient_meter", "shift", "confidence")
 
@@ -82,7 +86,12 @@ class ExperimentConfig:
     loss_weight: Optional[float] = None  # λ; None = the loss's default
     margin_in: Optional[float] = None  # Energy m_in; None = the loss's default
     margin_out: Optional[float] = None
+    in_term_weight: Optional[float] = None  # ICE: relative weight a of -h_y; None = 1
+    out_term_weight: Optional[float] = None  # ICE, ICE⁻: relative weight b of the outlier term
     head: str = "auto"  # auto: the method's default head (losses.spec(loss).default_head)
+    head_init: str = "random"  # HEAD_INITS; Gaussian head, scratch schedule
+    head_learning_rate_scale: float = 1.0  # the head's SGD learning rate, times the backbone's
+    head_weight_decay: Optional[float] = None  # None: weight_decay for a linear head, 0 for a Gaussian
     score: Optional[str] = None  # None: the method's default score
     outlier_batchnorm: str = "auto"  # auto, joint (reference), separate, frozen: OODModel.compile
     # Model.
@@ -198,6 +207,20 @@ class ExperimentConfig:
             choose("backbone", self.backbone, backbones.names())
         choose("head", self.head, HEAD_CHOICES)
         choose("outlier_batchnorm", self.outlier_batchnorm, ("auto", "joint", "separate", "frozen"))
+        choose("head_init", self.head_init, HEAD_INITS)
+        if self.head_init != "random" and self.head_kind != "gaussian":
+            raise ValueError(f"head_init={self.head_init!r} initialises a Gaussian head; this run "
+                             f"has a {self.head_kind} head: set head=gaussian or head_init=random.")
+        if self.head_init != "random" and self.schedule != "scratch":
+            raise ValueError("head_init applies to the scratch schedule (finetune fits the head to "
+                             "the trained features anyway); unset head_init.")
+        if not (math.isfinite(self.head_learning_rate_scale) and self.head_learning_rate_scale >= 0):
+            raise ValueError("head_learning_rate_scale must be a finite number >= 0, got "
+                             f"{self.head_learning_rate_scale}.")
+        if self.head_weight_decay is not None and not (
+                math.isfinite(self.head_weight_decay) and self.head_weight_decay >= 0):
+            raise ValueError(f"head_weight_decay must be a finite number >= 0 when set, got "
+                             f"{self.head_weight_decay}.")
         choose("schedule", self.schedule, SCHEDULES)
         choose("protocol", self.protocol, PROTOCOLS)
         choose("strategy", self.strategy, distribute.STRATEGIES)

@@ -28,6 +28,9 @@ from ice_tf.atomic_io import save_model, write_atomic  # noqa: F401  (scripts us
 from ice_tf.models import FINETUNE_RIDGE, fit_gaussian_head  # noqa: F401  (their home: models)
 
 RESULTS_FILE = folder_lib.RESULTS_FILE
+# head_init=features: batches whose training-mode features give the class means and the
+# tied covariance (20 x 128 images: at d = 128, ten times as many images as dimensions).
+HEAD_INIT_BATCHES = 20
 
 
 # ----------------------------------------------------------------- model
@@ -155,6 +158,8 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
             loss=losses.get(config.loss, **config.loss_kwargs()),
             weight_decay=config.weight_decay,
             outlier_batchnorm=config.outlier_batchnorm,
+            head_learning_rate_scale=config.head_learning_rate_scale,
+            head_weight_decay=config.head_weight_decay,
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
         if steps_done:
@@ -166,6 +171,11 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
         elif config.schedule == "finetune" and not dry and model.gaussian_head:
             # A user's classifier (--backbone=PATH.keras): its features, a fitted Gaussian head.
             fit_gaussian_head(model, train_ds, steps_per_epoch, verbose=verbose)
+        elif config.head_init == "features" and not dry:
+            if multi_worker:
+                raise ValueError("head_init=features is not supported with strategy=multi_worker; "
+                                 "set head_init=random.")
+            fit_gaussian_head(model, train_ds, HEAD_INIT_BATCHES)
     if steps_done and verbose:
         within = f", step {start_step}" if start_step else ""
         print(f"Resuming {out} after epoch {start_epoch}{within} of {epochs}")

@@ -322,9 +322,12 @@ class InDistributionCompatibleLoss(OODLoss):
     terms only raise h_y and lower the other classes.
 
     Default λ = 0.03, chosen on the embedded benchmark's validation split (BUILD.md).
+    `in_term_weight` a and `out_term_weight` b weigh the two terms apart,
+    CE + λ·(a·mean_in[-h_y] + b·mean_out[...]); the paper's ICE is a = b = 1.
 
     Example:
       model.compile(optimizer, loss=InDistributionCompatibleLoss(weight=0.01))  # or loss="ice"
+      InDistributionCompatibleLoss(out_term_weight=0.0)  # the in-distribution term alone
     """
 
     term_names = ("ce", "in_term", "out_term")
@@ -333,12 +336,31 @@ class InDistributionCompatibleLoss(OODLoss):
     default_score = "ice"
     display_name = "ICE"
 
+    def __init__(self, weight=None, in_term_weight=1.0, out_term_weight=1.0, name=None):
+        super().__init__(weight=weight, name=name)
+        # Relative weights a, b of the two terms: CE + λ·(a·in_term + b·out_term). The paper's
+        # ICE is a = b = 1; a = 0 is ICE⁻, b = 0 the in-distribution term alone.
+        self.in_term_weight = _check_weight("in_term_weight", in_term_weight)
+        self.out_term_weight = _check_weight("out_term_weight", out_term_weight)
+
     def extra_terms(self, labels, outputs_in, outputs_out):
         target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)
         terms = {"in_term": tf.reduce_mean(-target)}
         if outputs_out is not None:
             terms["out_term"] = ice_outlier_term(outputs_out)
         return terms
+
+    def combine(self, terms):
+        """CE + λ·(a·in_term + b·out_term), Eq. (0.15) with a = b = 1."""
+        factors = {"in_term": self.in_term_weight, "out_term": self.out_term_weight}
+        extras = [factors[key] * value for key, value in terms.items() if key != "ce"]
+        if not extras:
+            return terms["ce"]
+        return terms["ce"] + self.weight * tf.add_n(extras)
+
+    def get_config(self):
+        return {**super().get_config(), "in_term_weight": self.in_term_weight,
+                "out_term_weight": self.out_term_weight}
 
 
 @keras.saving.register_keras_serializable(package="ice_tf")
@@ -351,6 +373,15 @@ class IceMinusLoss(InDistributionCompatibleLoss):
 
     term_names = ("ce", "out_term")
     display_name = "ICE⁻"
+
+    def __init__(self, weight=None, out_term_weight=1.0, name=None):
+        super().__init__(weight=weight, in_term_weight=0.0, out_term_weight=out_term_weight,
+                         name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["in_term_weight"]
+        return config
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         return {} if outputs_out is None else {"out_term": ice_outlier_term(outputs_out)}

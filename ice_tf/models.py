@@ -312,6 +312,7 @@ class OODModel(keras.Model):
         self.head = head
         self.ood_loss = None
         self.weight_decay = 0.0
+        self.head_learning_rate_scale, self.head_weight_decay = 1.0, None
         self.outlier_batchnorm = default_outlier_batchnorm(
             "gaussian" if layers_lib.is_gaussian_head(head) else "linear")
         self._all_trackers = _TrackerTable()
@@ -375,7 +376,7 @@ class OODModel(keras.Model):
 
     # ----------------------------------------------------------------- compile
     def compile(self, optimizer="sgd", loss="ce", weight_decay=0.0, outlier_batchnorm="auto",
-                **kwargs):
+                head_learning_rate_scale=1.0, head_weight_decay=None, **kwargs):
         """Configures training.
 
         Args:
@@ -393,6 +394,11 @@ class OODModel(keras.Model):
             "auto" (default), `default_outlier_batchnorm(head)`: separate for a Gaussian
             head, which loses accuracy with joint statistics (docs/accuracy_study.md), joint
             for a linear head, as the reference code.
+          head_learning_rate_scale: the head's gradients are multiplied by it; under SGD
+            (with or without momentum) that is a learning rate of this multiple of the
+            backbone's. 0 freezes the head.
+          head_weight_decay: the head's L2 coefficient; None: `weight_decay` for a linear
+            head, none for a Gaussian head.
           **kwargs: passed to `keras.Model.compile` (e.g. `steps_per_execution`).
 
         Example:
@@ -410,6 +416,12 @@ class OODModel(keras.Model):
         self.weight_decay = float(weight_decay)
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+        self.head_learning_rate_scale = float(head_learning_rate_scale)
+        if not self.head_learning_rate_scale >= 0:
+            raise ValueError(f"head_learning_rate_scale must be >= 0, got {head_learning_rate_scale!r}.")
+        self.head_weight_decay = None if head_weight_decay is None else float(head_weight_decay)
+        if self.head_weight_decay is not None and not self.head_weight_decay >= 0:
+            raise ValueError(f"head_weight_decay must be >= 0, got {head_weight_decay!r}.")
         kwargs.setdefault("jit_compile", False)  # XLA is slower on CPU and fails under MirroredStrategy.
         super().compile(optimizer=optimizer, **kwargs)
         reserved = {"loss", "accuracy"} & set(self.ood_loss.term_names)
@@ -427,6 +439,8 @@ class OODModel(keras.Model):
             "loss": keras.saving.serialize_keras_object(self.ood_loss),
             "weight_decay": self.weight_decay,
             "outlier_batchnorm": self.outlier_batchnorm,
+            "head_learning_rate_scale": self.head_learning_rate_scale,
+            "head_weight_decay": self.head_weight_decay,
         }
 
     def compile_from_config(self, config):
@@ -435,6 +449,8 @@ class OODModel(keras.Model):
             loss=keras.saving.deserialize_keras_object(config["loss"]),
             weight_decay=config.get("weight_decay", 0.0),
             outlier_batchnorm=config.get("outlier_batchnorm", "joint"),
+            head_learning_rate_scale=config.get("head_learning_rate_scale", 1.0),
+            head_weight_decay=config.get("head_weight_decay"),
         )
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -449,9 +465,16 @@ class OODModel(keras.Model):
         return list(self._trackers.values())
 
     # ---------------------------------------------------------------- training
-    def _decayed_variables(self):
-        excluded = {id(v) for v in self.head.trainable_variables} if self.gaussian_head else set()
-        return [v for v in self.trainable_variables if id(v) not in excluded]
+    def _weight_decay_groups(self):
+        """[(coefficient, variables)]: the backbone's and the head's."""
+        head_ids = {id(v) for v in self.head.trainable_variables}
+        head_decay = self.head_weight_decay
+        if head_decay is None:  # the means and scale of a Gaussian head are not decayed
+            head_decay = 0.0 if self.gaussian_head else self.weight_decay
+        return [
+            (self.weight_decay, [v for v in self.trainable_variables if id(v) not in head_ids]),
+            (head_decay, [v for v in self.trainable_variables if id(v) in head_ids]),
+        ]
 
     def _forward_and_loss(self, data, training):
         if self.ood_loss is None:
@@ -510,15 +533,19 @@ class OODModel(keras.Model):
         with tf.GradientTape() as tape:
             labels, outputs_in, terms, loss = self._forward_and_loss(data, training=True)
             objective = loss
-            decayed = self._decayed_variables()
-            if self.weight_decay and decayed:  # nothing to decay when only the head trains
-                penalty = tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
-                objective += 0.5 * self.weight_decay * penalty
+            for coefficient, decayed in self._weight_decay_groups():
+                if coefficient and decayed:  # nothing to decay when only the head trains
+                    penalty = tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
+                    objective += 0.5 * coefficient * penalty
             if self.losses:
                 objective += tf.add_n(self.losses)
             scaled = self.optimizer.scale_loss(distribute.scale_for_replicas(objective))
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if self.head_learning_rate_scale != 1.0:
+            head_ids = {id(v) for v in self.head.trainable_variables}
+            gradients = [g * self.head_learning_rate_scale if g is not None and id(v) in head_ids
+                         else g for g, v in zip(gradients, variables)]
         self.optimizer.apply_gradients(zip(gradients, variables))
         logs = self._update_trackers(labels, outputs_in, terms, loss)
         # A NaN can leave the loss finite (max and clip ops pass it by) while it

@@ -50,6 +50,15 @@ def test_round_trip_through_json():
         ({"loss": "oe", "margin_in": -23.0}, r"margin_in does not apply to loss='oe' \(its "
                                              r"hyperparameters: weight\); unset margin_in"),
         ({"loss": "ce", "loss_weight": 0.5}, "loss_weight does not apply to loss='ce'"),
+        ({"loss": "oe", "in_term_weight": 0.5}, "in_term_weight does not apply to loss='oe'"),
+        ({"loss": "ice_minus", "in_term_weight": 0.5}, "in_term_weight does not apply"),
+        ({"out_term_weight": -1.0}, "out_term_weight must be a finite number >= 0"),
+        ({"head_init": "kmeans"}, "head_init='kmeans' is not valid; choose one of: random, features"),
+        ({"loss": "oe", "head_init": "features"}, "set head=gaussian or head_init=random"),
+        ({"head_init": "features", "schedule": "finetune", "init_checkpoint": "m.keras"},
+         "head_init applies to the scratch schedule"),
+        ({"head_learning_rate_scale": -0.1}, "head_learning_rate_scale must be"),
+        ({"head_weight_decay": float("nan")}, "head_weight_decay must be"),
     ],
 )
 def test_validation_messages_name_the_fix(changes, message):

@@ -40,6 +40,21 @@ def test_run_writes_a_complete_run_folder(tmp_path):
     assert np.all((served["confidence"].numpy() > 0) & (served["confidence"].numpy() <= 1))
 
 
+def test_head_init_features_starts_the_gaussian_head_at_the_class_means(tmp_path):
+    """-h_y is about d for N(0, 1) means (Eq. 0.11 at L = I); fitted to the first batches'
+    features, the head starts near its data: the first epoch's in-distribution term is
+    far smaller, and the head is logged at its fitted scale."""
+    config = ExperimentConfig(loss="ice", export=False, calibrate_confidence=False,
+                              **{**TINY, "learning_rate": 0.0, "min_learning_rate": 0.0})
+    in_terms = {}
+    for head_init in ("random", "features"):
+        out = tmp_path / head_init
+        experiment.run(config.replace(head_init=head_init, output_dir=str(out)), verbose=0)
+        epoch = json.loads(open(out / "metrics.jsonl").readline())
+        in_terms[head_init] = epoch["in_term"]
+    assert in_terms["features"] < 0.2 * in_terms["random"], in_terms
+
+
 def test_a_diverging_run_leaves_no_results(tmp_path):
     config = ExperimentConfig(
         loss="oe", output_dir=str(tmp_path / "run"), **{**TINY, "learning_rate": 1e30}

@@ -31,7 +31,8 @@ def _onehot(labels, num_classes):
     return np.eye(num_classes)[labels]
 
 
-def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0):
+def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0,
+              in_term_weight=1.0, out_term_weight=1.0):
     """(loss, d loss / d f_in, d loss / d f_out) in float64."""
     n_in, num_classes = f_in.shape
     n_out = f_out.shape[0]
@@ -56,13 +57,15 @@ def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0):
         grad_out = weight * _onehot(f_out.argmax(-1), num_classes) * _sigmoid(top)[:, None] / n_out
     elif name in ("ice", "ice_minus"):  # Eqs. (0.13)-(0.15)
         top = f_out.max(-1)
-        loss += weight * np.mean(-np.log(-np.expm1(top)))
-        grad_out = weight * _onehot(f_out.argmax(-1), num_classes) * (
+        b = weight * out_term_weight
+        loss += b * np.mean(-np.log(-np.expm1(top)))
+        grad_out = b * _onehot(f_out.argmax(-1), num_classes) * (
             np.exp(top) / -np.expm1(top)
         )[:, None] / n_out
         if name == "ice":
-            loss += weight * np.mean(-f_in[rows, y])
-            grad_in += -weight * _onehot(y, num_classes) / n_in
+            a = weight * in_term_weight
+            loss += a * np.mean(-f_in[rows, y])
+            grad_in += -a * _onehot(y, num_classes) / n_in
     elif name != "ce":
         raise AssertionError(name)
     return loss, grad_in, grad_out
@@ -103,6 +106,28 @@ def test_loss_and_gradients_match_float64_reference(name, num_classes):
         assert _relative(grad_out.numpy(), ref_out) <= 1e-4
     else:
         assert grad_out is None  # plain CE never looks at outliers
+
+
+@pytest.mark.parametrize("in_term_weight, out_term_weight", [(0.0, 1.0), (1.0, 0.0), (0.3, 2.0)])
+def test_ice_term_weights_match_float64_reference(in_term_weight, out_term_weight):
+    """CE + λ·(a·in_term + b·out_term): a = 0 is ICE⁻, b = 0 the in-distribution term alone."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 10, 32)
+    f_in, f_out = _outputs(rng, "ice", (32, 10)), _outputs(rng, "ice", (64, 10))
+    loss_fn = losses.get("ice", weight=0.2, in_term_weight=in_term_weight,
+                         out_term_weight=out_term_weight)
+    value, grad_in, grad_out = _tf_loss_and_grads(loss_fn, y, f_in, f_out)
+    ref_value, ref_in, ref_out = reference("ice", 0.2, y, f_in, f_out,
+                                           in_term_weight=in_term_weight,
+                                           out_term_weight=out_term_weight)
+    assert abs(value - ref_value) / abs(ref_value) <= 1e-5
+    assert _relative(grad_in, ref_in) <= 1e-5
+    assert _relative(grad_out.numpy(), ref_out) <= 1e-5
+    if in_term_weight == 0.0:  # the same objective as ICE⁻
+        minus = losses.get("ice_minus", weight=0.2, out_term_weight=out_term_weight)
+        assert abs(minus(tf.constant(y), f_in, f_out).numpy() - value) <= 1e-6 * abs(value)
+    with pytest.raises(ValueError, match="in_term_weight"):
+        losses.get("ice", in_term_weight=-1.0)
 
 
 def test_energy_margins_are_used():

@@ -124,6 +124,38 @@ def test_weight_decay_is_coupled_l2_on_the_backbone_only():
         np.testing.assert_allclose(with_wd - without_wd, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("head", ["gaussian", "linear"])
+def test_head_learning_rate_scale_and_weight_decay_act_on_the_head_alone(head):
+    """Plain SGD: a scale s multiplies the head's update by s and leaves the backbone's;
+    head_weight_decay adds -lr * wd * w to the head's update only."""
+    images, labels, outliers = blob_data(num_in=16, num_out=32)
+    dataset = zipped_dataset(images, labels, outliers)
+    lr = 0.1
+    backbone = tiny_backbone()
+    start = [v.numpy() for v in _model(head, backbone=backbone).trainable_variables]
+
+    def one_step(**compile_kwargs):
+        model = _model(head, backbone=keras.models.clone_model(backbone))
+        for variable, value in zip(model.trainable_variables, start):
+            variable.assign(value)
+        model.compile(_sgd(lr, 0.0), loss="ice" if head == "gaussian" else "oe", **compile_kwargs)
+        model.fit(dataset, epochs=1, verbose=0)
+        head_ids = {id(v) for v in model.head.trainable_variables}
+        return [(id(v) in head_ids, v.numpy() - s) for v, s in zip(model.trainable_variables, start)]
+
+    plain = one_step(head_weight_decay=0.0)
+    for (in_head, scaled), (_, update) in zip(one_step(head_learning_rate_scale=0.25,
+                                                       head_weight_decay=0.0), plain):
+        np.testing.assert_allclose(scaled, 0.25 * update if in_head else update, atol=1e-6)
+    for (in_head, decayed), (_, update), value in zip(one_step(head_weight_decay=0.01), plain,
+                                                      start):
+        expected = update - lr * 0.01 * value if in_head else update
+        np.testing.assert_allclose(decayed, expected, atol=1e-6)
+    assert any(in_head and np.abs(update).max() > 1e-4 for in_head, update in plain)
+    with pytest.raises(ValueError, match="head_learning_rate_scale"):
+        _model(head).compile(_sgd(), loss="ce", head_learning_rate_scale=-1.0)
+
+
 def test_keras_file_round_trip_keeps_weights_loss_and_training(tmp_path):
     images, labels, outliers = blob_data()
     dataset = zipped_dataset(images, labels, outliers)

@@ -43,6 +43,16 @@ HELP = {
                        n for n in losses.names() if "weight" in losses.spec(n).hyperparameters),
     "margin_in": "Energy loss m_in (CIFAR-10 -23, CIFAR-100 -27); unset = default. Energy only.",
     "margin_out": "Energy loss m_out; unset = default (-5). Energy only.",
+    "in_term_weight": "ICE: relative weight a of the in-distribution term, "
+                      "CE + λ·(a·in_term + b·out_term); unset = 1 (the paper's).",
+    "out_term_weight": "ICE, ICE⁻: relative weight b of the outlier term; unset = 1 (the "
+                       "paper's); 0 leaves the in-distribution term alone.",
+    "head_init": "Gaussian head, scratch schedule: random (N(0, 1) means, L = I; the paper's) "
+                 "or features (class means and tied covariance of the first batches' features).",
+    "head_learning_rate_scale": "The head's learning rate, as a multiple of the backbone's "
+                                "(SGD: its gradients are scaled).",
+    "head_weight_decay": "L2 weight decay of the head; unset = weight_decay for a linear head, "
+                         "none for a Gaussian head (its means and scale).",
     "head": "auto (the method's own: " + ", ".join(
         f"{n} {losses.spec(n).default_head}" for n in losses.names()) + "), linear or gaussian.",
     "score": "OOD score for evaluation; unset = the method's own (" + ", ".join(
@@ -98,8 +108,9 @@ HELP = {
 GROUPS = {
     "data": ("in_dataset", "outlier_dataset", "outlier_path", "outlier_exclude_path",
              "ood_datasets", "data_dir", "download", "limit_train"),
-    "method": ("loss", "loss_weight", "margin_in", "margin_out", "head", "score",
-               "outlier_batchnorm", "backbone", "dropout_rate"),
+    "method": ("loss", "loss_weight", "margin_in", "margin_out", "in_term_weight",
+               "out_term_weight", "head", "head_init", "head_learning_rate_scale",
+               "head_weight_decay", "score", "outlier_batchnorm", "backbone", "dropout_rate"),
     "schedule": ("schedule", "init_checkpoint", "epochs", "learning_rate", "min_learning_rate",
                  "momentum", "weight_decay", "batch_in", "batch_out", "augment", "seed",
                  "deterministic", "checkpoint_steps", "strategy", "precision", "mixed_precision"),

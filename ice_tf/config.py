@@ -24,7 +24,8 @@ METHOD_FIELDS = {"loss_weight": "weight", "margin_in": "margin_in", "margin_out"
 SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
 HEAD_CHOICES = ("auto", "linear", "gaussian")
-# How a Gaussian head starts a scratch run: "random", N(0, 1) means and L = I (the paper's),
+# How a Gaussian head starts a scratch run: "random", N(0, 0.05²) means (Keras' random_normal)
+# and L = I,
 # or "features", the class means and tied covariance of the first batches' features.
 HEAD_INITS = ("random", "features")
 # Training-time analyses recorded by ice_tf.callbacks (docs/analyses.md).

@@ -47,7 +47,7 @@ HELP = {
                       "CE + λ·(a·in_term + b·out_term); unset = 1 (the paper's).",
     "out_term_weight": "ICE, ICE⁻: relative weight b of the outlier term; unset = 1 (the "
                        "paper's); 0 leaves the in-distribution term alone.",
-    "head_init": "Gaussian head, scratch schedule: random (N(0, 1) means, L = I; the paper's) "
+    "head_init": "Gaussian head, scratch schedule: random (N(0, 0.05²) means, L = I) "
                  "or features (class means and tied covariance of the first batches' features).",
     "head_learning_rate_scale": "The head's learning rate, as a multiple of the backbone's "
                                 "(SGD: its gradients are scaled).",

@@ -1,0 +1,108 @@
+"""ICE's terms at initialisation, by feature size d: how large the in-distribution term starts.
+
+  python scripts/initial_terms.py --feature_dims=32,128,512 --seeds=1,2,3
+
+For each feature size d, seed and head initialisation (random: N(0, 1) means and L = I, the
+paper's; features: the class means and tied covariance of the batch's features,
+`GaussianLayer.initialize_from_features` on 20 other batches, as `head_init=features` does),
+a freshly initialised small_cnn with a Gaussian head sees one training batch of 128
+in-distribution images (training-mode BatchNorm, as the default `separate` pass). Printed, mean ± std over the seeds:
+- -h_y, the in-distribution term of Eq. (0.14), and -h_y / d;
+- CE on h (Eq. 0.11 as logits);
+- λ·(-h_y) / CE, the in-distribution term's share against CE in Eq. (0.15);
+- ||∇ λ·(-h_y)|| / ||∇ CE|| over the backbone's weights: which term steers the first steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+
+from ice_tf import backbones, layers, losses, models, run_data  # noqa: E402
+from ice_tf.cli import runner  # noqa: E402
+from ice_tf.config import ExperimentConfig  # noqa: E402
+
+FLAGS = flags.FLAGS
+HEAD_INITS = ("random", "features")
+FIT_BATCHES = 20  # as experiment.HEAD_INIT_BATCHES
+
+
+def define_flags():
+    """The script's flags; defined when it runs, so that tests can import it."""
+    flags.DEFINE_list("feature_dims", ["16", "32", "64", "128", "256", "512", "1024"],
+                      "Feature sizes d of the small_cnn's last layer.")
+    flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds of the initialisation.")
+    flags.DEFINE_float("loss_weight", None, "λ; unset = ICE's default.")
+    flags.DEFINE_integer("batch", 128, "In-distribution images in the batch.")
+
+
+def measure(images, labels, feature_dim, seed, head_init, weight, fit_images=None,
+            fit_labels=None):
+    """The terms of one fresh model on one batch (see the module docstring); a features
+    head is fitted to `fit_images` in batches of len(images)."""
+    keras.utils.set_random_seed(seed)
+    model = models.OODModel(
+        backbones.get("small_cnn", images.shape[1:], feature_dim=feature_dim),
+        layers.make_head("gaussian", int(labels.max()) + 1))
+    if head_init == "features":
+        size = len(images)
+        with models.moving_statistics_kept(model):
+            features = np.concatenate([
+                np.asarray(model.features(fit_images[start:start + size], training=True), np.float64)
+                for start in range(0, len(fit_images), size)])
+        model.head.initialize_from_features(features, fit_labels, calibrate_scale=True,
+                                            min_scale=1.0)
+    variables = model.backbone.trainable_variables
+    with tf.GradientTape(persistent=True) as tape, models.moving_statistics_kept(model):
+        outputs = model(images, training=True)
+        target = tf.gather(outputs, labels, axis=-1, batch_dims=1)
+        in_term = tf.reduce_mean(-target)
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, outputs))
+    norm = lambda grads: float(tf.linalg.global_norm(grads))  # noqa: E731
+    gradient_ratio = weight * norm(tape.gradient(in_term, variables)) / norm(
+        tape.gradient(ce, variables))
+    in_term, ce = float(in_term), float(ce)
+    return {"in_term": in_term, "in_term_per_d": in_term / feature_dim, "ce": ce,
+            "share": weight * in_term / ce, "gradient_ratio": gradient_ratio}
+
+
+def table(images, labels, fit_images, fit_labels, feature_dims, seeds, weight):
+    """[(d, head_init, {key: (mean, std)})] over the seeds."""
+    rows = []
+    for dim in feature_dims:
+        for head_init in HEAD_INITS:
+            results = [measure(images, labels, dim, seed, head_init, weight, fit_images,
+                               fit_labels) for seed in seeds]
+            rows.append((dim, head_init, {
+                key: (np.mean([r[key] for r in results]),
+                      np.std([r[key] for r in results], ddof=1) if len(results) > 1 else 0.0)
+                for key in results[0]}))
+    return rows
+
+
+def main(argv):
+    del argv
+    config = ExperimentConfig(backbone="small_cnn")
+    images, labels = run_data.load_images(config, config.in_dataset, "train",
+                                          (1 + FIT_BATCHES) * FLAGS.batch)
+    images, labels = tf.constant(images), np.asarray(labels)
+    weight = FLAGS.loss_weight if FLAGS.loss_weight is not None else losses.spec("ice").hyperparameters["weight"]
+    rows = table(images[:FLAGS.batch], labels[:FLAGS.batch], images[FLAGS.batch:],
+                 labels[FLAGS.batch:], [int(d) for d in FLAGS.feature_dims],
+                 [int(s) for s in FLAGS.seeds], weight)
+    keys = ("in_term", "in_term_per_d", "ce", "share", "gradient_ratio")
+    print("| d | head init | -h_y | -h_y / d | CE | λ·(-h_y) / CE | gradient ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for dim, head_init, stats in rows:
+        cells = [f"{stats[k][0]:.3g} ± {stats[k][1]:.2g}" for k in keys]
+        print(f"| {dim} | {head_init} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    runner.command(define_flags, main, __doc__)()

@@ -5,7 +5,8 @@
 
 For each variant folder <runs_dir>/<variant>/seed<k> (as `ice-tf compare` writes them):
 accuracy and mean AUROC of the run's own score from results.json, or, with --evaluation,
-from that file of `ice-tf evaluate` (the run's own score, and mahalanobis when it holds it); for Gaussian-head runs the last epoch's tr(LLᵀ)/d and
+from that file of `ice-tf evaluate` (the run's own score, then each other score it holds,
+e.g. odin and mahalanobis); for Gaussian-head runs the last epoch's tr(LLᵀ)/d and
 condition number of L (metrics.jsonl). Prints a markdown table; n = seeds found.
 """
 
@@ -54,7 +55,8 @@ def collect(runs_dir, evaluation=None):
             if evaluation and (run / evaluation).exists():
                 evaluated = json.loads((run / evaluation).read_text())
                 row["accuracy"] = next(iter(evaluated.values()))["accuracy"]
-                row["scores"] = {score if score == "mahalanobis" else OWN: r["mean"]["auroc"]["mean"]
+                own = results.get("score")
+                row["scores"] = {OWN if score == own else score: r["mean"]["auroc"]["mean"]
                                  for score, r in evaluated.items()}
             metrics = _last_record(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else {}
             row["trace"] = metrics.get("head_scale_trace")
@@ -67,7 +69,7 @@ def collect(runs_dir, evaluation=None):
 def markdown(table):
     """The table as markdown: one row per variant."""
     scores = sorted({s for rows in table.values() for row in rows for s in row["scores"]},
-                    key=lambda s: s == "mahalanobis")
+                    key=lambda s: (s != OWN, s == "mahalanobis", s))
     header = ["variant", "n", "accuracy", "train accuracy", *(f"AUROC {s}" for s in scores),
               "tr(LLᵀ)/d", "cond(L)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

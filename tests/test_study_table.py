@@ -27,6 +27,7 @@ def test_mean_and_sample_std_over_seeds(tmp_path, capsys):
     for seed, (acc, auroc) in enumerate([(0.80, 0.90), (0.82, 0.94), (0.81, 0.92)], 1):
         write_run(tmp_path / "ice" / f"seed{seed}", acc, auroc, trace=0.5 * seed,
                   evaluation={"ice": {"accuracy": acc, "mean": {"auroc": {"mean": auroc - 0.1}}},
+                              "odin": {"accuracy": acc, "mean": {"auroc": {"mean": 0.7}}},
                               "mahalanobis": {"accuracy": acc, "mean": {"auroc": {"mean": 0.5}}}})
     write_run(tmp_path / "ce" / "seed1", 0.84, 0.6, score="msp")
     (tmp_path / "ce" / "seed2").mkdir()  # unfinished: no results.json, skipped
@@ -37,7 +38,8 @@ def test_mean_and_sample_std_over_seeds(tmp_path, capsys):
     assert "| 1 | 1 |" not in table
     evaluated = study.markdown(study.collect(tmp_path, "evaluation-val.json"))
     assert "AUROC mahalanobis" in evaluated and "50.00 ± 0.00" in evaluated
-    assert "| AUROC own score | AUROC mahalanobis |" in evaluated
+    assert "| AUROC own score | AUROC odin | AUROC mahalanobis |" in evaluated  # own first
+    assert "70.00 ± 0.00" in evaluated
     assert "82.00 ± 2.00" in evaluated  # ice AUROC on the evaluation file: 0.80, 0.84, 0.82
     assert study.main([f"--runs_dir={tmp_path / 'none'}"]) == 1
     assert study.main([f"--runs_dir={tmp_path}"]) == 0

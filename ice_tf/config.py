@@ -25,9 +25,9 @@ SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
 HEAD_CHOICES = ("auto", "linear", "gaussian")
 # How a Gaussian head starts a scratch run: "random", N(0, 0.05²) means (Keras' random_normal)
-# and L = I,
-# or "features", the class means and tied covariance of the first batches' features.
-HEAD_INITS = ("random", "features")
+# and L = I; "class_means", the class means of the first batches' features and L = I;
+# "features", those means and the Cholesky factor of their tied covariance (GDA).
+HEAD_INITS = ("random", "class_means", "features")
 # Training-time analyses recorded by ice_tf.callbacks (docs/analyses.md).
 ANALYSES = ("gradient_meter", "shift", "confidence")
 

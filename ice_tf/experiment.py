@@ -171,11 +171,12 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
         elif config.schedule == "finetune" and not dry and model.gaussian_head:
             # A user's classifier (--backbone=PATH.keras): its features, a fitted Gaussian head.
             fit_gaussian_head(model, train_ds, steps_per_epoch, verbose=verbose)
-        elif config.head_init == "features" and not dry:
+        elif config.head_init != "random" and not dry:
             if multi_worker:
-                raise ValueError("head_init=features is not supported with strategy=multi_worker; "
-                                 "set head_init=random.")
-            fit_gaussian_head(model, train_ds, HEAD_INIT_BATCHES)
+                raise ValueError(f"head_init={config.head_init} is not supported with "
+                                 "strategy=multi_worker; set head_init=random.")
+            fit_gaussian_head(model, train_ds, HEAD_INIT_BATCHES, verbose=0,
+                              means_only=config.head_init == "class_means")
     if steps_done and verbose:
         within = f", step {start_step}" if start_step else ""
         print(f"Resuming {out} after epoch {start_epoch}{within} of {epochs}")

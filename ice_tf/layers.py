@@ -127,7 +127,7 @@ class GaussianLayer(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.num_classes,)
 
     def initialize_from_features(self, features, labels, ridge=1e-2, calibrate_scale=False,
-                                 min_scale=None):
+                                 min_scale=None, means_only=False):
         """Sets means and L to the Gaussian discriminant analysis estimate.
 
         m_i is the mean of the features of class i and L the Cholesky factor of the
@@ -149,6 +149,8 @@ class GaussianLayer(keras.layers.Layer):
           min_scale: a lower bound on that scale. On separable features the CE-optimal
             scale tends to 0 (h infinitely sharp) and training from it diverges; 1.0
             lets the fit only soften the GDA estimate.
+          means_only: set the means m_i to the class means and leave L as it is
+            (`head_init=class_means`).
 
         Returns:
           self.
@@ -183,6 +185,9 @@ class GaussianLayer(keras.layers.Layer):
         # scale, and training would blow up the first time a feature moves along them.
         mean_variance = max(float(np.trace(covariance)) / self.feature_dim, 1e-12)
         scale = np.linalg.cholesky(covariance + ridge * mean_variance * np.eye(self.feature_dim))
+        if means_only:
+            self.means.assign(means.astype(np.float32))
+            return self
         self.scale_factor = 1.0
         if calibrate_scale:
             self.scale_factor = cross_entropy_scale(features, labels, means, scale)

@@ -233,7 +233,8 @@ def moving_statistics_kept(model):
             variable.assign(value)
 
 
-def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RIDGE, verbose=1):
+def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RIDGE, verbose=1,
+                      means_only=False):
     """Fits the Gaussian head (Eq. 0.11) to the features fine-tuning will train on.
 
     The features are those of the training batches with BatchNorm in training mode, as
@@ -251,6 +252,7 @@ def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RID
       train_dataset: batches `((x, y), x_outliers)` or `(x, y)`, as training sees them.
       num_batches: how many batches to use; None: the whole (finite) dataset.
       ridge: added to the covariance, relative to its mean variance (BUILD.md, Decisions).
+      means_only: only the means, to the class means; L is left as it is.
 
     Example:
       fit_gaussian_head(model, ice_tf.data.with_outliers((x, y), x_out), num_batches=50)
@@ -274,6 +276,7 @@ def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RID
     model.head.initialize_from_features(
         np.concatenate(features), np.concatenate(labels), ridge=ridge, calibrate_scale=True,
         min_scale=1.0,  # on separable training features CE would make h arbitrarily sharp
+        means_only=means_only,
     )
     return model
 

@@ -53,7 +53,7 @@ def test_round_trip_through_json():
         ({"loss": "oe", "in_term_weight": 0.5}, "in_term_weight does not apply to loss='oe'"),
         ({"loss": "ice_minus", "in_term_weight": 0.5}, "in_term_weight does not apply"),
         ({"out_term_weight": -1.0}, "out_term_weight must be a finite number >= 0"),
-        ({"head_init": "kmeans"}, "head_init='kmeans' is not valid; choose one of: random, features"),
+        ({"head_init": "kmeans"}, "head_init='kmeans' is not valid; choose one of: random, class_means, features"),
         ({"loss": "oe", "head_init": "features"}, "set head=gaussian or head_init=random"),
         ({"head_init": "features", "schedule": "finetune", "init_checkpoint": "m.keras"},
          "head_init applies to the scratch schedule"),

@@ -40,19 +40,23 @@ def test_run_writes_a_complete_run_folder(tmp_path):
     assert np.all((served["confidence"].numpy() > 0) & (served["confidence"].numpy() <= 1))
 
 
-def test_head_init_features_starts_the_gaussian_head_at_the_class_means(tmp_path):
-    """-h_y is about d for N(0, 1) means (Eq. 0.11 at L = I); fitted to the first batches'
-    features, the head starts near its data: the first epoch's in-distribution term is
-    far smaller, and the head is logged at its fitted scale."""
+def test_head_init_starts_the_gaussian_head_at_the_first_batches_features(tmp_path):
+    """-h_y starts at about ||z||² for near-zero means (Eq. 0.11 at L = I); at the class
+    means of the first batches' features (class_means), or with their covariance too
+    (features), the first epoch's in-distribution term is far smaller."""
     config = ExperimentConfig(loss="ice", export=False, calibrate_confidence=False,
                               **{**TINY, "learning_rate": 0.0, "min_learning_rate": 0.0})
-    in_terms = {}
-    for head_init in ("random", "features"):
+    in_terms, traces = {}, {}
+    for head_init in ("random", "class_means", "features"):
         out = tmp_path / head_init
         experiment.run(config.replace(head_init=head_init, output_dir=str(out)), verbose=0)
         epoch = json.loads(open(out / "metrics.jsonl").readline())
-        in_terms[head_init] = epoch["in_term"]
+        in_terms[head_init], traces[head_init] = epoch["in_term"], epoch["head_scale_trace"]
     assert in_terms["features"] < 0.2 * in_terms["random"], in_terms
+    assert in_terms["class_means"] < 0.5 * in_terms["random"], in_terms
+    # lr 0: class_means leaves L = I, so tr(LLᵀ)/d = 1; the GDA fit does not.
+    assert traces["random"] == pytest.approx(1.0) and traces["class_means"] == pytest.approx(1.0)
+    assert traces["features"] != pytest.approx(1.0)
 
 
 def test_a_diverging_run_leaves_no_results(tmp_path):

@@ -47,8 +47,9 @@ HELP = {
                       "CE + λ·(a·in_term + b·out_term); unset = 1 (the paper's).",
     "out_term_weight": "ICE, ICE⁻: relative weight b of the outlier term; unset = 1 (the "
                        "paper's); 0 leaves the in-distribution term alone.",
-    "head_init": "Gaussian head, scratch schedule: random (N(0, 0.05²) means, L = I) "
-                 "or features (class means and tied covariance of the first batches' features).",
+    "head_init": "Gaussian head, scratch schedule: random (N(0, 0.05²) means, L = I), "
+                 "class_means (the first batches' class means, L = I) or features (those "
+                 "means and their tied covariance; diverged at the demo's lr).",
     "head_learning_rate_scale": "The head's learning rate, as a multiple of the backbone's "
                                 "(SGD: its gradients are scaled).",
     "head_weight_decay": "L2 weight decay of the head; unset = weight_decay for a linear head, "

@@ -87,7 +87,7 @@ class ExperimentConfig:
     loss_weight: Optional[float] = None  # λ; None = the loss's default
     margin_in: Optional[float] = None  # Energy m_in; None = the loss's default
     margin_out: Optional[float] = None
-    in_term_weight: Optional[float] = None  # ICE: relative weight a of -h_y; None = 0.3
+    in_term_weight: Optional[float] = None  # ICE: relative weight a of -h_y; None = 1
     out_term_weight: Optional[float] = None  # ICE, ICE⁻: relative weight b of the outlier term
     head: str = "auto"  # auto: the method's default head (losses.spec(loss).default_head)
     head_init: str = "random"  # HEAD_INITS; Gaussian head, scratch schedule
@@ -312,15 +312,13 @@ class ExperimentConfig:
 def upgrade_dict(values, stored=False):
     """A config dict of an older version in today's fields: `mixed_precision` (a
     boolean until `precision` replaced it) becomes `precision`. With `stored` (a run
-    folder's config.json), a config that predates `precision` ran in float32, and an ICE
-    config that predates `in_term_weight` ran with a = 1, not with today's defaults.
+    folder's config.json), a config that predates `precision` ran in float32, not in
+    today's default.
 
     Example:
       upgrade_dict({"mixed_precision": True})  # {"precision": "mixed_float16"}
     """
     values = dict(values)
-    if stored and values.get("loss") == "ice" and "in_term_weight" not in values:
-        values["in_term_weight"] = 1.0  # ICE's terms had one weight before a = 0.3 became the default
     legacy = values.pop("mixed_precision", None)
     if "precision" not in values and (stored or legacy is not None):
         values["precision"] = "mixed_float16" if legacy else "float32"

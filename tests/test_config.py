@@ -80,13 +80,3 @@ def test_the_method_spec_decides_head_and_score():
         config = ExperimentConfig(loss=name)
         assert (config.head_kind, config.score_name) == (spec.default_head, spec.default_score)
         assert set(config.loss_kwargs()) <= set(spec.hyperparameters)
-
-
-def test_an_ice_run_folder_from_before_the_term_weights_counts_as_a_equal_to_1():
-    from ice_tf.run_folder import config_differences
-
-    stored = {k: v for k, v in ExperimentConfig(loss="ice").to_dict().items()
-              if k not in ("in_term_weight", "out_term_weight")}
-    assert config_differences(stored, ExperimentConfig(loss="ice", in_term_weight=1.0).to_dict()) == []
-    assert config_differences(stored, ExperimentConfig(loss="ice").to_dict()) == [
-        "in_term_weight: 1.0 there, None here"]

@@ -99,9 +99,7 @@ def test_loss_and_gradients_match_float64_reference(name, num_classes):
     f_out = _outputs(rng, name, (64, num_classes))
     loss_fn = losses.get(name)
     value, grad_in, grad_out = _tf_loss_and_grads(loss_fn, y, f_in, f_out)
-    ref_value, ref_in, ref_out = reference(
-        name, loss_fn.weight, y, f_in, f_out,
-        in_term_weight=getattr(loss_fn, "in_term_weight", 1.0))
+    ref_value, ref_in, ref_out = reference(name, loss_fn.weight, y, f_in, f_out)
     assert abs(value - ref_value) / abs(ref_value) <= 1e-4
     assert _relative(grad_in, ref_in) <= 1e-4
     if loss_fn.uses_outliers:
@@ -130,15 +128,6 @@ def test_ice_term_weights_match_float64_reference(in_term_weight, out_term_weigh
         assert abs(minus(tf.constant(y), f_in, f_out).numpy() - value) <= 1e-6 * abs(value)
     with pytest.raises(ValueError, match="in_term_weight"):
         losses.get("ice", in_term_weight=-1.0)
-
-
-def test_ice_defaults_and_losses_saved_before_the_term_weights():
-    assert losses.spec("ice").hyperparameters == {
-        "weight": 0.03, "in_term_weight": 0.3, "out_term_weight": 1.0}
-    assert losses.spec("ice_minus").hyperparameters == {"weight": 0.03, "out_term_weight": 1.0}
-    old = losses.InDistributionCompatibleLoss.from_config({"weight": 0.03, "name": "ice"})
-    assert (old.in_term_weight, old.out_term_weight) == (1.0, 1.0)  # the paper's, as trained
-    assert losses.IceMinusLoss.from_config({"weight": 0.03, "name": "ice_minus"}).out_term_weight == 1.0
 
 
 def test_energy_margins_are_used():

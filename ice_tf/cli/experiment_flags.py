@@ -44,8 +44,7 @@ HELP = {
     "margin_in": "Energy loss m_in (CIFAR-10 -23, CIFAR-100 -27); unset = default. Energy only.",
     "margin_out": "Energy loss m_out; unset = default (-5). Energy only.",
     "in_term_weight": "ICE: relative weight a of the in-distribution term, "
-                      "CE + λ·(a·in_term + b·out_term); unset = 0.3 (chosen on validation data; "
-                      "the paper's is 1).",
+                      "CE + λ·(a·in_term + b·out_term); unset = 1 (the paper's).",
     "out_term_weight": "ICE, ICE⁻: relative weight b of the outlier term; unset = 1 (the "
                        "paper's); 0 leaves the in-distribution term alone.",
     "head_init": "Gaussian head, scratch schedule: random (N(0, 0.05²) means, L = I), "

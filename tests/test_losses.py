@@ -128,6 +128,9 @@ def test_ice_term_weights_match_float64_reference(in_term_weight, out_term_weigh
         assert abs(minus(tf.constant(y), f_in, f_out).numpy() - value) <= 1e-6 * abs(value)
     with pytest.raises(ValueError, match="in_term_weight"):
         losses.get("ice", in_term_weight=-1.0)
+    assert losses.spec("ice").hyperparameters == {  # the paper's Eq. (0.15): a = b = 1
+        "weight": 0.03, "in_term_weight": 1.0, "out_term_weight": 1.0}
+    assert losses.spec("ice_minus").hyperparameters == {"weight": 0.03, "out_term_weight": 1.0}
 
 
 def test_energy_margins_are_used():

@@ -180,14 +180,14 @@ class GaussianLayer(keras.layers.Layer):
             raise ValueError(
                 f"every class needs at least one sample; missing classes: {gda.missing_classes(counts)}."
             )
+        if means_only:
+            self.means.assign(means.astype(np.float32))
+            return self
         # Ridge: `ridge` times the mean variance on the diagonal. Directions where the
         # features barely vary (dead ReLU units, d > n) would otherwise get a near-zero
         # scale, and training would blow up the first time a feature moves along them.
         mean_variance = max(float(np.trace(covariance)) / self.feature_dim, 1e-12)
         scale = np.linalg.cholesky(covariance + ridge * mean_variance * np.eye(self.feature_dim))
-        if means_only:
-            self.means.assign(means.astype(np.float32))
-            return self
         self.scale_factor = 1.0
         if calibrate_scale:
             self.scale_factor = cross_entropy_scale(features, labels, means, scale)

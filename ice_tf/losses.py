@@ -172,9 +172,18 @@ class OODLoss:
         )
         return {"ce": ce, **self.extra_terms(labels, outputs_in, outputs_out)}
 
+    def term_weight(self, name):
+        """The relative weight of extra term `name` within λ's sum; 1 unless a loss says.
+
+        Example:
+          losses.get("ice", in_term_weight=0.3).term_weight("in_term")  # 0.3
+        """
+        return 1.0
+
     def combine(self, terms):
-        """CE + weight * (sum of the other terms)."""
-        extras = [value for key, value in terms.items() if key != "ce"]
+        """CE + weight * (sum of the other terms, each times its `term_weight`)."""
+        extras = [value if self.term_weight(key) == 1.0 else self.term_weight(key) * value
+                  for key, value in terms.items() if key != "ce"]
         if not extras:
             return terms["ce"]
         return terms["ce"] + self.weight * tf.add_n(extras)
@@ -350,13 +359,10 @@ class InDistributionCompatibleLoss(OODLoss):
             terms["out_term"] = ice_outlier_term(outputs_out)
         return terms
 
-    def combine(self, terms):
-        """CE + λ·(a·in_term + b·out_term), Eq. (0.15) with a = b = 1."""
-        factors = {"in_term": self.in_term_weight, "out_term": self.out_term_weight}
-        extras = [factors[key] * value for key, value in terms.items() if key != "ce"]
-        if not extras:
-            return terms["ce"]
-        return terms["ce"] + self.weight * tf.add_n(extras)
+    def term_weight(self, name):
+        """a for the in-distribution term, b for the outlier term: CE + λ·(a·in + b·out),
+        Eq. (0.15) with a = b = 1."""
+        return {"in_term": self.in_term_weight, "out_term": self.out_term_weight}[name]
 
     def get_config(self):
         return {**super().get_config(), "in_term_weight": self.in_term_weight,

@@ -468,9 +468,12 @@ class OODModel(keras.Model):
         return list(self._trackers.values())
 
     # ---------------------------------------------------------------- training
+    def _head_variable_ids(self):
+        return {id(v) for v in self.head.trainable_variables}
+
     def _weight_decay_groups(self):
         """[(coefficient, variables)]: the backbone's and the head's."""
-        head_ids = {id(v) for v in self.head.trainable_variables}
+        head_ids = self._head_variable_ids()
         head_decay = self.head_weight_decay
         if head_decay is None:  # the means and scale of a Gaussian head are not decayed
             head_decay = 0.0 if self.gaussian_head else self.weight_decay
@@ -546,7 +549,7 @@ class OODModel(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         if self.head_learning_rate_scale != 1.0:
-            head_ids = {id(v) for v in self.head.trainable_variables}
+            head_ids = self._head_variable_ids()
             gradients = [g * self.head_learning_rate_scale if g is not None and id(v) in head_ids
                          else g for g, v in zip(gradients, variables)]
         self.optimizer.apply_gradients(zip(gradients, variables))

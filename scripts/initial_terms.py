@@ -2,9 +2,9 @@
 
   python scripts/initial_terms.py --feature_dims=32,128,512 --seeds=1,2,3
 
-For each feature size d, seed and head initialisation (random: N(0, 1) means and L = I, the
-paper's; features: the class means and tied covariance of the batch's features,
-`GaussianLayer.initialize_from_features` on 20 other batches, as `head_init=features` does),
+For each feature size d, seed and head initialisation (random: N(0, 0.05²) means and L = I,
+the default; features: the class means and tied covariance of 20 other batches' features,
+`models.fit_gaussian_head`, as `head_init=features` does),
 a freshly initialised small_cnn with a Gaussian head sees one training batch of 128
 in-distribution images (training-mode BatchNorm, as the default `separate` pass). Printed, mean ± std over the seeds:
 - -h_y, the in-distribution term of Eq. (0.14), and -h_y / d;
@@ -27,10 +27,10 @@ from absl import flags  # noqa: E402
 from ice_tf import backbones, layers, losses, models, run_data  # noqa: E402
 from ice_tf.cli import runner  # noqa: E402
 from ice_tf.config import ExperimentConfig  # noqa: E402
+from ice_tf.experiment import HEAD_INIT_BATCHES  # noqa: E402
 
 FLAGS = flags.FLAGS
 HEAD_INITS = ("random", "features")
-FIT_BATCHES = 20  # as experiment.HEAD_INIT_BATCHES
 
 
 def define_flags():
@@ -51,19 +51,12 @@ def measure(images, labels, feature_dim, seed, head_init, weight, fit_images=Non
         backbones.get("small_cnn", images.shape[1:], feature_dim=feature_dim),
         layers.make_head("gaussian", int(labels.max()) + 1))
     if head_init == "features":
-        size = len(images)
-        with models.moving_statistics_kept(model):
-            features = np.concatenate([
-                np.asarray(model.features(fit_images[start:start + size], training=True), np.float64)
-                for start in range(0, len(fit_images), size)])
-        model.head.initialize_from_features(features, fit_labels, calibrate_scale=True,
-                                            min_scale=1.0)
+        fit_batches = tf.data.Dataset.from_tensor_slices((fit_images, fit_labels)).batch(len(images))
+        models.fit_gaussian_head(model, fit_batches, verbose=0)
     variables = model.backbone.trainable_variables
     with tf.GradientTape(persistent=True) as tape, models.moving_statistics_kept(model):
-        outputs = model(images, training=True)
-        target = tf.gather(outputs, labels, axis=-1, batch_dims=1)
-        in_term = tf.reduce_mean(-target)
-        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, outputs))
+        terms = losses.get("ice").in_distribution_terms(labels, model(images, training=True))
+        in_term, ce = terms["in_term"], terms["ce"]
     norm = lambda grads: float(tf.linalg.global_norm(grads))  # noqa: E731
     gradient_ratio = weight * norm(tape.gradient(in_term, variables)) / norm(
         tape.gradient(ce, variables))
@@ -90,7 +83,7 @@ def main(argv):
     del argv
     config = ExperimentConfig(backbone="small_cnn")
     images, labels = run_data.load_images(config, config.in_dataset, "train",
-                                          (1 + FIT_BATCHES) * FLAGS.batch)
+                                          (1 + HEAD_INIT_BATCHES) * FLAGS.batch)
     images, labels = tf.constant(images), np.asarray(labels)
     weight = FLAGS.loss_weight if FLAGS.loss_weight is not None else losses.spec("ice").hyperparameters["weight"]
     rows = table(images[:FLAGS.batch], labels[:FLAGS.batch], images[FLAGS.batch:],

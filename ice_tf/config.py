@@ -100,7 +100,7 @@ class ExperimentConfig:
     dropout_rate: Optional[float] = None
     # Schedule (SGD nesterov, cosine per step to min_learning_rate).
     schedule: str = "scratch"
-    init_checkpoint: Optional[str] = None
+    init_checkpoint: Optional[str] = None  # "{seed}" in it is replaced by the run's seed
     epochs: int = 100
     learning_rate: float = 0.1
     min_learning_rate: float = 1e-6
@@ -151,6 +151,19 @@ class ExperimentConfig:
     @property
     def ood_set_specs(self):
         return tuple(OODSetSpec.parse(spec) for spec in self.ood_datasets)
+
+    @property
+    def init_checkpoint_path(self):
+        """`init_checkpoint` with "{seed}" replaced by `seed`, so that each seed of a
+        fine-tune starts from the plain model of the same seed.
+
+        Example:
+          ExperimentConfig(init_checkpoint="runs/ce/seed{seed}/model.keras", seed=2
+                           ).init_checkpoint_path  # 'runs/ce/seed2/model.keras'
+        """
+        if not self.init_checkpoint:
+            return self.init_checkpoint
+        return self.init_checkpoint.replace("{seed}", str(self.seed))
 
     @property
     def uses_outliers(self):

@@ -166,7 +166,7 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
             callbacks_lib.restore_training_state(model, out)
         elif config.schedule == "finetune" and not dry and config.init_checkpoint:
             initialize_from_checkpoint(
-                model, config.init_checkpoint, train_ds, steps_per_epoch, verbose=verbose
+                model, config.init_checkpoint_path, train_ds, steps_per_epoch, verbose=verbose
             )
         elif config.schedule == "finetune" and not dry and model.gaussian_head:
             # A user's classifier (--backbone=PATH.keras): its features, a fitted Gaussian head.

@@ -136,9 +136,9 @@ def check_sources(config, batch_size=16, outliers=True):
       check_sources(ExperimentConfig(ood_datasets=("isun=image_folder:/data/iSUN",)))
     """
     if config.schedule == "finetune" and config.init_checkpoint and not os.path.isfile(
-            config.init_checkpoint):
+            config.init_checkpoint_path):
         raise DataCheckError(
-            f"init_checkpoint {config.init_checkpoint!r} does not exist; give the model.keras "
+            f"init_checkpoint {config.init_checkpoint_path!r} does not exist; give the model.keras "
             "of a finished run (e.g. runs/demo/ce/seed1/model.keras).")
     sets = []
     if config.uses_outliers and outliers:

@@ -345,6 +345,18 @@ def test_a_missing_finetune_checkpoint_fails_before_training(tmp_path):
         experiment.run(config, verbose=0)
 
 
+def test_a_seed_template_in_the_checkpoint_names_the_seed_s_own_file(tmp_path):
+    (tmp_path / "ce" / "seed1").mkdir(parents=True)
+    (tmp_path / "ce" / "seed1" / "model.keras").write_bytes(b"")
+    template = str(tmp_path / "ce" / "seed{seed}" / "model.keras")
+    config = ExperimentConfig(output_dir=str(tmp_path / "run"), schedule="finetune",
+                              init_checkpoint=template, seed=2, **TINY)
+    assert config.replace(seed=1).init_checkpoint_path == str(
+        tmp_path / "ce" / "seed1" / "model.keras")
+    with pytest.raises(DataCheckError, match=r"init_checkpoint .*seed2.model\.keras.* does not"):
+        check_sources(config)
+
+
 # ------------------------------------------------------------- non-finite guard
 def _tiny_model_and_batches(nan_at=None):
     rng = np.random.default_rng(0)

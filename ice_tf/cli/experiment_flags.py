@@ -69,7 +69,8 @@ HELP = {
                 "(trained from fresh weights with the scratch schedule).",
     "dropout_rate": "Backbone dropout; unset = the backbone's default.",
     "schedule": "scratch or finetune (from init_checkpoint).",
-    "init_checkpoint": "A .keras model to fine-tune from (finetune schedule).",
+    "init_checkpoint": ("A .keras model to fine-tune from (finetune schedule); "
+                        "{seed} in it is replaced by the run's seed."),
     "epochs": "Training epochs (an epoch = one pass over the in-distribution set).",
     "learning_rate": "Initial learning rate (cosine decay per step).",
     "min_learning_rate": "Final learning rate of the cosine decay.",

@@ -1,6 +1,7 @@
 """The paper's Table 2: post-hoc detectors on a plain model next to outlier-trained methods.
 
   python scripts/table2.py --runs_dir=runs/demo
+  python scripts/table2.py --runs_dir=runs/demo3 --seeds=1,2,3   # mean ± std over seeds
   python scripts/table2.py --plain=runs/ce --method=oe:runs/oe --method=energy:runs/energy \\
       --method=ice:runs/ice --output_dir=runs
 
@@ -9,7 +10,8 @@ model with its own score (its config's `score`: MSP for OE, the energy score for
 Energy, max h for ICE). Columns: AUPR-In, AUROC and FPR95 (in-distribution
 positive), each the mean over the OOD sets of the run's config, and in-distribution
 accuracy; percentages. `--runs_dir` means <runs_dir>/{ce,oe,energy,ice}/seed<k>, the
-layout ice-tf compare writes. Writes table2.md and table2.json into --output_dir
+layout ice-tf compare writes; with several --seeds each cell is the mean ± std
+(population, as ice-tf compare reports) over the seeds' rows. Writes table2.md and table2.json into --output_dir
 (default: --runs_dir, else the plain run's parent folder). Mahalanobis statistics
 are fitted once and saved in the plain run (see ice-tf evaluate).
 """
@@ -17,6 +19,8 @@ are fitted once and saved in the plain run (see ice-tf evaluate).
 import json
 import os
 import time
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,7 +32,8 @@ from ice_tf import run_folder  # noqa: E402  (light: no TensorFlow)
 # TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
 
 flags.DEFINE_string("runs_dir", None, "A compare.py folder: <runs_dir>/{ce,oe,energy,ice}/seed<seed>.")
-flags.DEFINE_integer("seed", 1, "With --runs_dir: which seed<k> folder to read.")
+flags.DEFINE_list("seeds", ["1"], "With --runs_dir: the seed<k> folders to read; several give "
+                  "mean ± std over seeds.")
 flags.DEFINE_string("plain", None, "The plain (CE-trained) run folder; overrides <runs_dir>/ce.")
 flags.DEFINE_multi_string("method", [], "label:RUN_DIR of an outlier-trained method (repeatable).")
 flags.DEFINE_string("output_dir", None, "Where table2.md/json go; default: runs_dir or the plain run's parent.")
@@ -71,12 +76,34 @@ def describe(detector):
     return detector.name
 
 
+def over_seeds(rows_by_seed):
+    """One row per detector from each seed's rows (in the same order): every metric's
+    mean over seeds, its population std under "<key>_std", and the seeds' rows under
+    "per_seed". One seed gives its rows unchanged."""
+    if len(rows_by_seed) == 1:
+        return rows_by_seed[0]
+    combined = []
+    for rows in zip(*rows_by_seed):
+        row = {key: rows[0][key] for key in ("method", "model", "score", "score_text")}
+        for key in [k for k, _ in COLUMNS] + ["accuracy"]:
+            values = [r[key] for r in rows]
+            row[key], row[key + "_std"] = float(np.mean(values)), float(np.std(values))
+        row["per_seed"] = list(rows)
+        combined.append(row)
+    return combined
+
+
+def _cell(row, key):
+    text = f"{100 * row[key]:.2f}"
+    return text + f" ± {100 * row[key + '_std']:.2f}" if key + "_std" in row else text
+
+
 def table_markdown(rows, header):
     lines = [header, "", "| Method | Model | Score | " + " | ".join(t for _, t in COLUMNS)
              + " | In-dist. accuracy ↑ |", "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for row in rows:
         cells = [row["method"], row["model"], row["score_text"],
-                 *(f"{100 * row[key]:.2f}" for key, _ in COLUMNS), f"{100 * row['accuracy']:.2f}"]
+                 *(_cell(row, key) for key, _ in COLUMNS), _cell(row, "accuracy")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -86,7 +113,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     started = time.time()
-    plain, methods = parse_runs(FLAGS.runs_dir, FLAGS.seed, FLAGS.plain, FLAGS.method)
+    try:
+        seeds = [int(seed) for seed in FLAGS.seeds]
+    except ValueError:
+        raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. 1,2,3.") from None
+    if len(seeds) > 1 and not FLAGS.runs_dir:
+        raise app.UsageError("several --seeds need --runs_dir (the compare layout <runs_dir>/<method>/seed<k>).")
+    runs_by_seed = [parse_runs(FLAGS.runs_dir, seed, FLAGS.plain, FLAGS.method) for seed in seeds]
+    plain = runs_by_seed[0][0]
     output_dir = FLAGS.output_dir or FLAGS.runs_dir or os.path.dirname(os.path.abspath(plain))
     try:
         overrides = experiment_flags.parse_overrides(FLAGS.set)
@@ -94,11 +128,13 @@ def main(argv):
         raise app.UsageError(f"--set: {error}") from None
     from ice_tf import detectors, evaluation, experiment, losses, run_data
     options = experiment_flags.detector_options(FLAGS)
-    jobs = [(label, plain, score) for label, score in POST_HOC]
-    jobs += [(losses.display_name(label), path, None) for label, path in methods.items()]
+    jobs = []
+    for seed, (plain, methods) in zip(seeds, runs_by_seed):
+        jobs += [(seed, label, plain, score) for label, score in POST_HOC]
+        jobs += [(seed, losses.display_name(label), path, None) for label, path in methods.items()]
 
-    rows, loaded, in_datasets, ood_labels = [], {}, set(), set()
-    for index, (label, run_dir, score) in enumerate(jobs, 1):
+    rows_by_seed, loaded, in_datasets, ood_labels = {}, {}, set(), set()
+    for index, (seed, label, run_dir, score) in enumerate(jobs, 1):
         if run_dir not in loaded:
             model, config, model_path = experiment.load_run(run_dir, **overrides)
             loaded = {run_dir: (model, config, model_path, run_data.make_eval_data(config))}
@@ -112,7 +148,7 @@ def main(argv):
             model, in_ds, ood_ds, score=detector, protocol=config.protocol,
             num_draws=config.eval_draws, seed=config.seed,
         )
-        rows.append({
+        rows_by_seed.setdefault(seed, []).append({
             "method": label,
             "model": f"{config.method.display_name} ({config.head_kind} head)",
             "run": run_dir,
@@ -133,12 +169,16 @@ def main(argv):
         "percentages. MSP, ODIN and Mahalanobis score the plain model; the other rows are "
         "models trained with outliers, each scored its own way."
     )
+    if len(seeds) > 1:
+        header += f" Mean ± std (population) over seeds {', '.join(map(str, seeds))}."
+    rows = over_seeds([rows_by_seed[seed] for seed in seeds])
     table = table_markdown(rows, header)
     seconds = round(time.time() - started, 1)
     experiment.write_atomic(os.path.join(output_dir, "table2.md"), table)
     experiment.write_atomic(
         os.path.join(output_dir, "table2.json"),
-        json.dumps({"header": header, "rows": rows, "options": options, "seconds": seconds}, indent=2)
+        json.dumps({"header": header, "rows": rows, "seeds": seeds, "options": options,
+                    "seconds": seconds}, indent=2)
         + "\n",
     )
     print("\n" + table)

@@ -16,14 +16,14 @@ from ice_tf.config import ExperimentConfig
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_run_folder(path, loss):
+def _tiny_run_folder(path, loss, seed=1):
     """A run folder as compare.py writes it (untrained weights: only the plumbing is tested)."""
     config = ExperimentConfig(
         loss=loss, backbone="small_cnn", limit_train=200, eval_limit=40, eval_batch_size=20,
         eval_draws=2, ood_datasets=("gaussian", "mnist=embedded_mnist"), output_dir=str(path),
     ).validate()
     os.makedirs(path, exist_ok=True)
-    keras.utils.set_random_seed(len(loss))
+    keras.utils.set_random_seed(len(loss) + 100 * seed)
     experiment.build(config, tf.distribute.get_strategy()).save(os.path.join(path, "model.keras"))
     experiment.write_atomic(os.path.join(path, "config.json"), config.to_json() + "\n")
     return config
@@ -72,6 +72,37 @@ def test_table2_rows_columns_and_values(tmp_path):
     assert cells[3:] == [f"{100 * rows[5][k]:.2f}" for k in ("aupr_in", "auroc", "fpr95", "accuracy")]
 
 
+def test_table2_over_seeds_gives_each_detector_its_mean_and_std(tmp_path):
+    runs = tmp_path / "demo"
+    for seed in (1, 2):
+        for loss in ("ce", "oe", "energy", "ice"):
+            _tiny_run_folder(runs / loss / f"seed{seed}", loss, seed)
+    completed = _script(f"--runs_dir={runs}", "--seeds=1,2", "--odin_temperature=100")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "=== [12/12] ICE" in completed.stdout
+    saved = json.load(open(runs / "table2.json"))
+    assert saved["seeds"] == [1, 2] and len(saved["rows"]) == 6
+    for row in saved["rows"]:
+        assert [r["run"][-5:] for r in row["per_seed"]] == ["seed1", "seed2"]
+        for key in ("aupr_in", "auroc", "fpr95", "accuracy"):
+            values = [r[key] for r in row["per_seed"]]
+            assert row[key] == pytest.approx(np.mean(values))
+            assert row[key + "_std"] == pytest.approx(np.std(values))
+    # Different weights per seed: the ICE row's seeds differ, and seed 2 is its own evaluation.
+    ice = saved["rows"][5]
+    assert ice["per_seed"][0]["auroc"] != ice["per_seed"][1]["auroc"]
+    run = runs / "ice" / "seed2"
+    config = ExperimentConfig.from_dict(json.load(open(run / "config.json")))
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    in_ds, ood_ds = experiment.make_eval_data(config)
+    expected = evaluation.evaluate_model(model, in_ds, ood_ds, score="ice", protocol=config.protocol,
+                                         num_draws=config.eval_draws, seed=config.seed, verbose=0)
+    assert ice["per_seed"][1]["auroc"] == pytest.approx(expected["mean"]["auroc"]["mean"], abs=1e-6)
+    line = [l for l in (runs / "table2.md").read_text().splitlines() if l.startswith("| ICE |")][0]
+    assert f"| {100 * ice['auroc']:.2f} ± {100 * ice['auroc_std']:.2f} |" in line
+    assert "Mean ± std (population) over seeds 1, 2." in (runs / "table2.md").read_text()
+
+
 def test_table2_names_missing_runs_and_bad_method_specs(tmp_path):
     missing = _script(f"--runs_dir={tmp_path}")
     assert missing.returncode != 0
@@ -80,3 +111,6 @@ def test_table2_names_missing_runs_and_bad_method_specs(tmp_path):
     assert bad_spec.returncode != 0 and "--method='oe': use label:RUN_DIR" in bad_spec.stderr
     nothing = _script()
     assert nothing.returncode != 0 and "give --runs_dir or --plain" in nothing.stderr
+    seeds_without_runs_dir = _script(f"--plain={tmp_path}", "--seeds=1,2")
+    assert seeds_without_runs_dir.returncode != 0
+    assert "several --seeds need --runs_dir" in seeds_without_runs_dir.stderr

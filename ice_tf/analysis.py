@@ -318,27 +318,64 @@ def summary_rows(analyses):
     return rows
 
 
+def summary_rows_over_seeds(analyses_by_seed):
+    """`summary_rows` of several seeds of one method: per epoch every seed recorded, each
+    column's mean over seeds and, under "<header> std", its population std (None where a
+    seed lacks the value).
+
+    Example:
+      rows = summary_rows_over_seeds([read_analyses(f"runs/ft/ice/seed{k}") for k in (1, 2, 3)])
+    """
+    per_seed = [{row["epoch"]: row for row in summary_rows(analyses)}
+                for analyses in analyses_by_seed]
+    epochs = sorted(set.intersection(*(set(rows) for rows in per_seed)))
+    combined = []
+    for epoch in epochs:
+        row = {"epoch": epoch}
+        for header, *_ in SUMMARY_COLUMNS:
+            values = [rows[epoch][header] for rows in per_seed]
+            missing = None in values
+            row[header] = None if missing else float(np.mean(values))
+            row[header + " std"] = None if missing else float(np.std(values))
+        combined.append(row)
+    return combined
+
+
+def method_rows(analyses):
+    """`summary_rows` of one run's analyses, or `summary_rows_over_seeds` of a list of them."""
+    if isinstance(analyses, (list, tuple)):
+        return summary_rows_over_seeds(analyses)
+    return summary_rows(analyses)
+
+
 def summary_markdown(runs):
     """A markdown table, one row per (method, epoch), of the analyses of several runs.
 
     Args:
-      runs: {label: `read_analyses(run_dir)`}, in the order the rows should follow.
+      runs: {label: `read_analyses(run_dir)`, or a list of them, one per seed, whose cells
+        are then mean ± std over seeds}, in the order the rows should follow.
     Columns without any value in any run are left out.
 
     Example:
       print(summary_markdown({"ice": read_analyses("runs/demo/ice/seed1")}))
     """
-    rows = {label: summary_rows(analyses) for label, analyses in runs.items()}
+    rows = {label: method_rows(analyses) for label, analyses in runs.items()}
     columns = [
         column for column in SUMMARY_COLUMNS
         if any(row[column[0]] is not None for label_rows in rows.values() for row in label_rows)
     ]
+
+    def cell(row, header, fmt):
+        if row[header] is None:
+            return "–"
+        std = row.get(header + " std")
+        return fmt.format(row[header]) + ("" if std is None else " ± " + fmt.format(std))
+
     lines = ["| Method | Epoch | " + " | ".join(c[0] for c in columns) + " |",
              "|---|---:|" + "---:|" * len(columns)]
     for label, label_rows in rows.items():
         for row in label_rows:
-            cells = ["–" if row[header] is None else fmt.format(row[header])
-                     for header, _, _, _, fmt in columns]
+            cells = [cell(row, header, fmt) for header, _, _, _, fmt in columns]
             lines.append(f"| {label} | {row['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -356,5 +393,7 @@ __all__ = [
     "read_jsonl",
     "read_analyses",
     "summary_rows",
+    "summary_rows_over_seeds",
+    "method_rows",
     "summary_markdown",
 ]

@@ -2,13 +2,15 @@
 
   python scripts/analysis_table.py --runs_dir=runs/demo
   python scripts/analysis_table.py --runs_dir=runs/demo --png=runs/demo/analysis.png
+  python scripts/analysis_table.py --runs_dir=runs/finetune3 --seeds=1,2,3   # mean ± std
   python scripts/analysis_table.py --run=oe:runs/demo/oe/seed1 --run=ice:runs/demo/ice/seed1 \\
       --output=analysis.md
 
 Reads <run>/analysis/*.jsonl, written when a run trains with
 --analyses=gradient_meter,shift,confidence (see docs/analyses.md). With --runs_dir the
 methods are the folders <runs_dir>/<label>/seed<k> (as ice-tf compare writes them) that
-hold analyses. The markdown table (contradictory-gradient fractions, distances of
+hold analyses; with several --seeds every cell is the mean ± std (population) over the
+seeds, and the curves are the means. The markdown table (contradictory-gradient fractions, distances of
 outlier and in-distribution features to the class centres, their ratio and overlap, and
 the probe confidences) is printed and written to --output (default
 <runs_dir>/analysis.md); --png also draws the curves over epochs.
@@ -21,7 +23,8 @@ from absl import app, flags
 from ice_tf import analysis, atomic_io, plotting, run_folder
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <label>/seed<k>/ run folders.")
-flags.DEFINE_integer("seed", 1, "With --runs_dir: the seed folder read for every method.")
+flags.DEFINE_list("seeds", ["1"], "With --runs_dir: the seed folders read for every method; "
+                  "several give mean ± std over seeds.")
 flags.DEFINE_multi_string("run", [], "label:run_dir (repeatable); added after --runs_dir's runs.")
 flags.DEFINE_string("output", None,
                     "Markdown output; default <runs_dir>/analysis.md (none with --run only).")
@@ -73,7 +76,7 @@ def plot_curves(runs, path):
     figure, axes = plt.subplots(1, len(_PANELS), figsize=(4.2 * len(_PANELS), 3.4))
     for ax, (title, column) in zip(axes, _PANELS):
         for label, analyses in runs.items():
-            points = [(row["epoch"], row[column]) for row in analysis.summary_rows(analyses)
+            points = [(row["epoch"], row[column]) for row in analysis.method_rows(analyses)
                       if row[column] is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=label)
@@ -92,28 +95,45 @@ def plot_curves(runs, path):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run_dirs = {}
+    try:
+        seeds = [int(seed) for seed in FLAGS.seeds]
+    except ValueError:
+        raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. 1,2,3.") from None
+    run_dirs = {}  # label: [run_dir per seed]
     if FLAGS.runs_dir:
         if not os.path.isdir(FLAGS.runs_dir):
             raise app.UsageError(f"--runs_dir={FLAGS.runs_dir} is not a folder.")
-        run_dirs.update(find_runs(FLAGS.runs_dir, FLAGS.seed))
-    run_dirs.update(parse_runs(FLAGS.run))
+        found = [find_runs(FLAGS.runs_dir, seed) for seed in seeds]
+        for label in found[0]:
+            lacking = [seed for seed, runs in zip(seeds, found) if label not in runs]
+            if lacking:
+                raise app.UsageError(
+                    f"{label} has no analyses for seed {', '.join(map(str, lacking))} under "
+                    f"{FLAGS.runs_dir}; train those seeds with --analyses or drop them from --seeds.")
+            run_dirs[label] = [runs[label] for runs in found]
+    run_dirs.update({label: [path] for label, path in parse_runs(FLAGS.run).items()})
     if not run_dirs:
         raise app.UsageError(
             "no runs with analyses: give --runs_dir (with <label>/seed<k>/analysis/ folders) "
             "or --run=label:run_dir; train with --analyses=gradient_meter,shift,confidence."
         )
-    runs = {label: analysis.read_analyses(run_dir) for label, run_dir in run_dirs.items()}
-    empty = [label for label, found in runs.items() if not found]
+    runs = {label: [analysis.read_analyses(path) for path in paths]
+            for label, paths in run_dirs.items()}
+    empty = [path for paths, found in zip(run_dirs.values(), runs.values())
+             for path, one in zip(paths, found) if not one]
     if empty:
-        raise app.UsageError(f"no analysis files under {', '.join(run_dirs[l] for l in empty)}.")
+        raise app.UsageError(f"no analysis files under {', '.join(empty)}.")
+    runs = {label: found[0] if len(found) == 1 else found for label, found in runs.items()}
     table = analysis.summary_markdown(runs)
     print(table)
     output = FLAGS.output
     if output is None and FLAGS.runs_dir:
         output = os.path.join(FLAGS.runs_dir, "analysis.md")
     if output:
-        header = ("Training-time analyses (docs/analyses.md); epoch 0 is before training.\n\n")
+        header = "Training-time analyses (docs/analyses.md); epoch 0 is before training."
+        if len(seeds) > 1:
+            header += f" Mean ± std (population) over seeds {', '.join(map(str, seeds))}."
+        header += "\n\n"
         atomic_io.write_atomic(output, (header + table).encode())
         print(f"Wrote {output}")
     if FLAGS.png:

@@ -293,6 +293,35 @@ def test_analysis_table_script_reads_a_comparison_folder(tmp_path):
     _assert_png(tmp_path / "curves.png")
 
 
+def test_summary_over_seeds_gives_means_and_population_stds(tmp_path):
+    _write_run(tmp_path / "s1", _records([0, 1, 2], scale=1))
+    _write_run(tmp_path / "s2", _records([0, 1], scale=2))
+    seeds = [analysis.read_analyses(str(tmp_path / name)) for name in ("s1", "s2")]
+    rows = analysis.summary_rows_over_seeds(seeds)
+    assert [row["epoch"] for row in rows] == [0, 1]  # seed 2 has no epoch 2
+    assert rows[1]["Contr. in %"] == pytest.approx(15.0)  # 10 and 20
+    assert rows[1]["Contr. in % std"] == pytest.approx(5.0)
+    assert rows[1]["Ratio"] == pytest.approx(1.5) and rows[1]["Ratio std"] == 0
+    table = analysis.summary_markdown({"oe": seeds})
+    assert "| oe | 1 | 15.0 ± 5.0 | 20.0 ± 0.0 |" in table
+
+
+def test_analysis_table_script_over_seeds(tmp_path):
+    for k in (1, 2):
+        _write_run(tmp_path / "ice" / f"seed{k}", _records([0, 1], scale=k))
+    _script("scripts/analysis_table.py", f"--runs_dir={tmp_path}", "--seeds=1,2",
+            f"--png={tmp_path / 'curves.png'}")
+    table = (tmp_path / "analysis.md").read_text()
+    assert "Mean ± std (population) over seeds 1, 2." in table
+    assert "| ice | 0 | 15.0 ± 5.0 | 0.0 ± 0.0 |" in table
+    _assert_png(tmp_path / "curves.png")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    lacking = subprocess.run([sys.executable, "scripts/analysis_table.py", f"--runs_dir={tmp_path}",
+                              "--seeds=1,2,3"], capture_output=True, text=True, cwd=REPO, env=env,
+                             timeout=300)
+    assert lacking.returncode != 0 and "ice has no analyses for seed 3" in lacking.stderr
+
+
 def test_fig5_script_draws_a_png(tmp_path):
     _write_run(tmp_path / "run", _records([0, 1, 2, 3], scale=1), names=("confidence",))
     output = tmp_path / "fig5.png"

@@ -20,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from ice_tf import analysis, atomic_io, plotting, run_folder
+from ice_tf import analysis, atomic_io, run_folder
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <label>/seed<k>/ run folders.")
 flags.DEFINE_list("seeds", ["1"], "With --runs_dir: the seed folders read for every method; "

@@ -4,9 +4,11 @@
   python scripts/calibration.py --runs_dir=runs/demo --ood_fraction=0.2 --num_bins=10
   python scripts/calibration.py --run=ice:runs/demo/ice/seed1 --run=oe:runs/demo/oe/seed1 \\
       --output=runs/demo/calibration-ice-oe.png
+  python scripts/calibration.py --runs_dir=runs/demo3 --seeds=1,2,3   # mean ± std over seeds
 
 `--runs_dir` reads `<runs_dir>/<method>/seed<seed>` for each of `--methods` (the layout
-ice-tf compare writes); `--run=label:folder` (repeatable) names run folders
+ice-tf compare writes); with several `--seeds` each number is the mean ± std (population)
+over the seeds and the reliability diagram shows the first seed; `--run=label:folder` (repeatable) names run folders
 directly. The confidence is `ice_tf.scores.confidence`: exp(max h) for a Gaussian
 head (ICE, Eq. 0.11), max softmax for a linear head.
 
@@ -47,7 +49,8 @@ CREATE_RUNS = run_folder.DEMO_COMMAND
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <method>/seed<seed> run folders.")
 flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Method folders read under --runs_dir.")
-flags.DEFINE_integer("seed", 1, "Which seed<k> folder to read under --runs_dir.")
+flags.DEFINE_list("seeds", ["1"], "The seed<k> folders read under --runs_dir; several give "
+                  "mean ± std over seeds.")
 flags.DEFINE_multi_string("run", [], "label:run_folder (repeatable); used instead of --runs_dir.")
 flags.DEFINE_float("ood_fraction", 0.5, "Share of OOD images in the mixed test set, in (0, 1).")
 flags.DEFINE_integer("num_bins", 15, "Equal-width confidence bins on [0, 1].", lower_bound=1)
@@ -119,9 +122,40 @@ def calibrate(confidence_in, confidence_out, ood_fraction, num_bins, seed):
     return result
 
 
+# Numbers of a result that several seeds average (the bins stay the first seed's).
+SEED_METRICS = ("ece", "mce", "brier", "mean_confidence_in", "mean_confidence_out", "temperature")
+
+
+def over_seeds(results_by_seed):
+    """One result per row from each seed's results: the first seed's, with every
+    `SEED_METRICS` entry and each OOD set's ECE replaced by the mean over seeds, its
+    population std under result["std"] (the set's under "ece_std"), and the seeds'
+    results under "per_seed". One seed gives its results unchanged."""
+    if len(results_by_seed) == 1:
+        return results_by_seed[0]
+    combined = {}
+    for row, first in results_by_seed[0].items():
+        rows = [results[row] for results in results_by_seed]
+        result = {**first, "sets": {k: dict(v) for k, v in first["sets"].items()}, "std": {},
+                  "per_seed": rows}
+        for key in SEED_METRICS:
+            values = [r[key] for r in rows]
+            result[key], result["std"][key] = float(np.mean(values)), float(np.std(values))
+        for label, metrics in result["sets"].items():
+            values = [r["sets"][label]["ece"] for r in rows if r["sets"].get(label)]
+            metrics["ece"], metrics["ece_std"] = float(np.mean(values)), float(np.std(values))
+        if first["temperature"] != 1.0:
+            result["confidence"] = (f"exp(max h / T), T = {result['temperature']:.2f} ± "
+                                    f"{result['std']['temperature']:.2f} fitted on validation data")
+        combined[row] = result
+    return combined
+
+
 # --------------------------------------------------------------- reports
-def _pct(value):
-    return "–" if value is None else f"{100 * value:.2f}"
+def _pct(value, std=None):
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
 def markdown(results, settings):
@@ -136,18 +170,23 @@ def markdown(results, settings):
         f"{settings['ood_fraction']:g}, mixture seed {settings['mixture_seed']}); "
         f"{settings['num_bins']} equal-width bins, last bin closed. ECE, MCE and mean confidences "
         "in percent, Brier score as a fraction; lower ECE/MCE/Brier is better. Per OOD set: ECE "
-        "on the in-distribution images mixed with that set alone at the same OOD fraction.",
+        "on the in-distribution images mixed with that set alone at the same OOD fraction."
+        + (f" Mean ± std (population) over seeds {', '.join(map(str, settings['seeds']))}."
+           if len(settings.get("seeds", [])) > 1 else ""),
         "",
     ]
     header = ["Method", "Confidence", "ECE", "MCE", "Brier", "Mean conf. ID", "Mean conf. OOD",
               *(f"ECE {label}" for label in labels)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, result in results.items():
-        cells = [method, result["confidence"], _pct(result["ece"]), _pct(result["mce"]),
-                 f"{result['brier']:.4f}", _pct(result["mean_confidence_in"]),
-                 _pct(result["mean_confidence_out"])]
-        cells += [_pct(result["sets"][label]["ece"]) if label in result["sets"] else "–"
-                  for label in labels]
+        std = result.get("std", {})
+        brier = f"{result['brier']:.4f}" + (f" ± {std['brier']:.4f}" if "brier" in std else "")
+        cells = [method, result["confidence"], _pct(result["ece"], std.get("ece")),
+                 _pct(result["mce"], std.get("mce")), brier,
+                 _pct(result["mean_confidence_in"], std.get("mean_confidence_in")),
+                 _pct(result["mean_confidence_out"], std.get("mean_confidence_out"))]
+        cells += [_pct(result["sets"][label]["ece"], result["sets"][label].get("ece_std"))
+                  if label in result["sets"] else "–" for label in labels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -206,7 +245,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     started = time.time()
-    folders = run_folders(FLAGS.runs_dir, FLAGS.methods, FLAGS.seed, FLAGS.run)
+    try:
+        seeds = [int(seed) for seed in FLAGS.seeds]
+    except ValueError:
+        raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. 1,2,3.") from None
+    if len(seeds) > 1 and (FLAGS.run or not FLAGS.runs_dir):
+        raise app.UsageError("several --seeds need --runs_dir (and no --run): the compare layout "
+                             "<runs_dir>/<method>/seed<k>.")
+    folders_by_seed = [run_folders(FLAGS.runs_dir, FLAGS.methods, seed, FLAGS.run) for seed in seeds]
     output = FLAGS.output or (FLAGS.runs_dir and os.path.join(FLAGS.runs_dir, "calibration.png"))
     if not output:
         raise app.UsageError("--output is required with --run (no --runs_dir to write into).")
@@ -214,35 +260,41 @@ def main(argv):
         raise app.UsageError(f"--output={output} must be a .png path.")
     overrides = experiment_flags.parse_overrides(FLAGS.set)
     settings = {"ood_fraction": FLAGS.ood_fraction, "num_bins": FLAGS.num_bins,
-                "mixture_seed": FLAGS.mixture_seed}
-    eval_data, results = {}, {}
-    for label, folder in folders.items():
-        model, config, _ = experiment.load_run(folder, **overrides)
-        key = _eval_data_key(config)
-        if key not in eval_data:  # runs of one comparison share their evaluation pipelines
-            eval_data[key] = run_data.make_eval_data(config)
-        temperatures = [1.0]
-        if model.gaussian_head:
-            # The temperature the run saved, or (an older run) one fitted now on validation data.
-            saved = model.head.confidence_temperature
-            fitted = saved if saved != 1.0 else experiment.fit_confidence_temperature(
-                model, config)["temperature"]
-            temperatures.append(fitted)
-        for temperature in temperatures:
-            confidence_in, confidence_out = model_confidences(model, *eval_data[key], label,
-                                                              temperature)
-            result = calibrate(confidence_in, confidence_out, FLAGS.ood_fraction, FLAGS.num_bins,
-                               FLAGS.mixture_seed)
-            name = CONFIDENCE_NAMES[model.gaussian_head]
-            row = label if temperature == 1.0 else f"{label}, T={temperature:.3g}"
-            if temperature != 1.0:
-                name = "exp(max h / T), T fitted on validation data"
-            results[row] = {"run": folder, "loss": config.loss, "head": config.head_kind,
-                            "in_dataset": config.in_dataset, "temperature": temperature,
-                            "confidence": name, **result}
+                "mixture_seed": FLAGS.mixture_seed, "seeds": seeds}
+    eval_data, results_by_seed = {}, []
+    for folders in folders_by_seed:
+        results = {}
+        for label, folder in folders.items():
+            model, config, _ = experiment.load_run(folder, **overrides)
+            key = _eval_data_key(config)
+            if key not in eval_data:  # runs of one comparison share their evaluation pipelines
+                eval_data[key] = run_data.make_eval_data(config)
+            temperatures = [1.0]
+            if model.gaussian_head:
+                # The temperature the run saved, or (an older run) one fitted now on validation data.
+                saved = model.head.confidence_temperature
+                fitted = saved if saved != 1.0 else experiment.fit_confidence_temperature(
+                    model, config)["temperature"]
+                temperatures.append(fitted)
+            for temperature in temperatures:
+                confidence_in, confidence_out = model_confidences(model, *eval_data[key], label,
+                                                                  temperature)
+                result = calibrate(confidence_in, confidence_out, FLAGS.ood_fraction,
+                                   FLAGS.num_bins, FLAGS.mixture_seed)
+                name = CONFIDENCE_NAMES[model.gaussian_head]
+                row = label
+                if temperature != 1.0:  # one row name for every seed's fitted T
+                    row = f"{label}, T={temperature:.3g}" if len(seeds) == 1 else f"{label}, T fitted"
+                    name = "exp(max h / T), T fitted on validation data"
+                results[row] = {"run": folder, "loss": config.loss, "head": config.head_kind,
+                                "in_dataset": config.in_dataset, "temperature": temperature,
+                                "confidence": name, **result}
+        results_by_seed.append(results)
+    results = over_seeds(results_by_seed)
     table = markdown(results, settings)
     stem = os.path.splitext(output)[0]
-    save_figure(reliability_figure(results), output)
+    # The diagram is one model's: with several seeds, the first seed's bins and ECE.
+    save_figure(reliability_figure({row: results_by_seed[0][row] for row in results}), output)
     experiment.write_atomic(stem + ".json", json.dumps({**settings, "methods": results}, indent=2) + "\n")
     experiment.write_atomic(stem + ".md", table)
     print("\n" + table)

@@ -276,6 +276,42 @@ def test_script_writes_table_json_and_reliability_diagram(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
 
 
+def test_script_over_seeds_averages_each_row(tmp_path):
+    for seed in (1, 2):
+        for method in ("ce", "ice"):
+            _tiny_run(tmp_path / method / f"seed{seed}", method)
+    completed = subprocess.run(
+        [sys.executable, SCRIPT, f"--runs_dir={tmp_path}", "--methods=ce,ice", "--seeds=1,2"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "calibration.json").read_text())
+    assert results["seeds"] == [1, 2] and list(results["methods"]) == ["ce", "ice", "ice, T fitted"]
+    for row in results["methods"].values():
+        assert [r["run"][-5:] for r in row["per_seed"]] == ["seed1", "seed2"]
+        for key in ("ece", "mce", "brier", "mean_confidence_in", "mean_confidence_out"):
+            values = [r[key] for r in row["per_seed"]]
+            assert row[key] == pytest.approx(np.mean(values))
+            assert row["std"][key] == pytest.approx(np.std(values))
+        mnist = [r["sets"]["mnist"]["ece"] for r in row["per_seed"]]
+        assert row["sets"]["mnist"]["ece"] == pytest.approx(np.mean(mnist))
+    # Each seed's row is that seed's own model.
+    confidence_in = _confidences_of_run(tmp_path / "ce" / "seed2")
+    assert results["methods"]["ce"]["per_seed"][1]["mean_confidence_in"] == pytest.approx(
+        confidence_in.mean(), rel=1e-5)
+    table = (tmp_path / "calibration.md").read_text()
+    ce = results["methods"]["ce"]
+    assert f"| ce | max softmax | {100 * ce['ece']:.2f} ± {100 * ce['std']['ece']:.2f} |" in table
+    assert "| ice, T fitted | exp(max h / T), T = 2.50 ± 0.00 fitted on validation data |" in table
+    assert "Mean ± std (population) over seeds 1, 2." in table
+    with_run = subprocess.run(
+        [sys.executable, SCRIPT, f"--run=ce:{tmp_path / 'ce' / 'seed1'}", "--seeds=1,2",
+         f"--output={tmp_path / 'x.png'}"], capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert with_run.returncode != 0 and "several --seeds need --runs_dir" in with_run.stderr
+
+
 def test_script_names_the_command_that_creates_missing_runs(tmp_path):
     from absl import app
 

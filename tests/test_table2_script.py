@@ -29,6 +29,16 @@ def _tiny_run_folder(path, loss, seed=1):
     return config
 
 
+def _ice_evaluation(run):
+    """The run's evaluation with the ICE score, done here rather than by the script."""
+    config = ExperimentConfig.from_dict(json.load(open(run / "config.json")))
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    in_ds, ood_ds = experiment.make_eval_data(config)
+    expected = evaluation.evaluate_model(model, in_ds, ood_ds, score="ice", protocol=config.protocol,
+                                         num_draws=config.eval_draws, seed=config.seed, verbose=0)
+    return expected
+
+
 def _script(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
@@ -58,12 +68,7 @@ def test_table2_rows_columns_and_values(tmp_path):
     assert rows[0]["accuracy"] == rows[1]["accuracy"] == rows[2]["accuracy"]
 
     # The ICE row against an evaluation done here; the table prints its percentages.
-    run = runs / "ice" / "seed1"
-    config = ExperimentConfig.from_dict(json.load(open(run / "config.json")))
-    model = keras.models.load_model(run / "model.keras", compile=False)
-    in_ds, ood_ds = experiment.make_eval_data(config)
-    expected = evaluation.evaluate_model(model, in_ds, ood_ds, score="ice", protocol=config.protocol,
-                                         num_draws=config.eval_draws, seed=config.seed, verbose=0)
+    expected = _ice_evaluation(runs / "ice" / "seed1")
     for key in ("aupr_in", "auroc", "fpr95"):
         assert rows[5][key] == pytest.approx(expected["mean"][key]["mean"], abs=1e-6)
         assert rows[5][key] == pytest.approx(np.mean([s[key]["mean"] for s in expected["sets"].values()]))
@@ -91,12 +96,7 @@ def test_table2_over_seeds_gives_each_detector_its_mean_and_std(tmp_path):
     # Different weights per seed: the ICE row's seeds differ, and seed 2 is its own evaluation.
     ice = saved["rows"][5]
     assert ice["per_seed"][0]["auroc"] != ice["per_seed"][1]["auroc"]
-    run = runs / "ice" / "seed2"
-    config = ExperimentConfig.from_dict(json.load(open(run / "config.json")))
-    model = keras.models.load_model(run / "model.keras", compile=False)
-    in_ds, ood_ds = experiment.make_eval_data(config)
-    expected = evaluation.evaluate_model(model, in_ds, ood_ds, score="ice", protocol=config.protocol,
-                                         num_draws=config.eval_draws, seed=config.seed, verbose=0)
+    expected = _ice_evaluation(runs / "ice" / "seed2")
     assert ice["per_seed"][1]["auroc"] == pytest.approx(expected["mean"]["auroc"]["mean"], abs=1e-6)
     line = [l for l in (runs / "table2.md").read_text().splitlines() if l.startswith("| ICE |")][0]
     assert f"| {100 * ice['auroc']:.2f} ± {100 * ice['auroc_std']:.2f} |" in line

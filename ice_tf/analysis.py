@@ -342,7 +342,11 @@ def summary_rows_over_seeds(analyses_by_seed):
 
 
 def method_rows(analyses):
-    """`summary_rows` of one run's analyses, or `summary_rows_over_seeds` of a list of them."""
+    """`summary_rows` of one run's analyses, or `summary_rows_over_seeds` of a list of them.
+
+    Example:
+      rows = method_rows([read_analyses(f"runs/ft/ice/seed{k}") for k in (1, 2, 3)])
+    """
     if isinstance(analyses, (list, tuple)):
         return summary_rows_over_seeds(analyses)
     return summary_rows(analyses)

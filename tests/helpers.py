@@ -79,10 +79,25 @@ def row_index(images):
     return images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 1, 0].astype(int)
 
 
+_SCRIPT_FLAGS = set()  # the absl flags that scripts loaded by load_script defined
+
+
 def load_script(relative_path):
-    """A file of the repository's scripts/ imported as a module, e.g. "study_table.py"."""
+    """A file of the repository's scripts/ imported as a module, e.g. "study_table.py".
+
+    Scripts define absl flags when imported, and two of them may share a name (--seeds),
+    which absl refuses within one process. So the flags that earlier loaded scripts
+    defined are dropped before this one defines its own: the tests call the scripts'
+    functions in-process, never a main that reads an earlier script's flags.
+    """
+    from absl import flags
+
+    for name in _SCRIPT_FLAGS & set(flags.FLAGS):
+        delattr(flags.FLAGS, name)
+    before = set(flags.FLAGS)
     path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    _SCRIPT_FLAGS.update(set(flags.FLAGS) - before)
     return module

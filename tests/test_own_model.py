@@ -1,8 +1,6 @@
 """A user's own Keras classifier and arrays: conversion, fine-tuning, evaluation, errors."""
 
 import json
-import os
-import sys
 
 import keras
 import numpy as np
@@ -10,11 +8,12 @@ import pytest
 import tensorflow as tf
 
 import ice_tf
-from helpers import blob_data
+from helpers import blob_data, load_script
 from ice_tf import data, models
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import own_model_example  # noqa: E402
+# Loaded as every script is in the tests, so that its absl flags (--seeds) do not clash
+# with another script's flag of the same name in this process.
+own_model_example = load_script("own_model_example.py")
 
 
 def test_a_trained_classifier_converts_and_fine_tunes_with_ice_on_real_data():

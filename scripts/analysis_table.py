@@ -21,10 +21,11 @@ import os
 from absl import app, flags
 
 from ice_tf import analysis, atomic_io, run_folder
+from ice_tf.cli import seed_flags
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <label>/seed<k>/ run folders.")
-flags.DEFINE_list("seeds", ["1"], "With --runs_dir: the seed folders read for every method; "
-                  "several give mean ± std over seeds.")
+seed_flags.define_seeds_flag("With --runs_dir: the seed folders read for every method; "
+                             "several give mean ± std over seeds.")
 flags.DEFINE_multi_string("run", [], "label:run_dir (repeatable); added after --runs_dir's runs.")
 flags.DEFINE_string("output", None,
                     "Markdown output; default <runs_dir>/analysis.md (none with --run only).")
@@ -95,10 +96,7 @@ def plot_curves(runs, path):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        seeds = [int(seed) for seed in FLAGS.seeds]
-    except ValueError:
-        raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. 1,2,3.") from None
+    seeds = seed_flags.parsed_seeds()
     run_dirs = {}  # label: [run_dir per seed]
     if FLAGS.runs_dir:
         if not os.path.isdir(FLAGS.runs_dir):

@@ -41,7 +41,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-from ice_tf.cli import experiment_flags, runner  # noqa: E402
+from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
 from ice_tf import calibration, evaluation, experiment, plotting, run_data, run_folder, scores  # noqa: E402
 
@@ -49,8 +49,8 @@ CREATE_RUNS = run_folder.DEMO_COMMAND
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <method>/seed<seed> run folders.")
 flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Method folders read under --runs_dir.")
-flags.DEFINE_list("seeds", ["1"], "The seed<k> folders read under --runs_dir; several give "
-                  "mean ± std over seeds.")
+seed_flags.define_seeds_flag("The seed<k> folders read under --runs_dir; several give "
+                             "mean ± std over seeds.")
 flags.DEFINE_multi_string("run", [], "label:run_folder (repeatable); used instead of --runs_dir.")
 flags.DEFINE_float("ood_fraction", 0.5, "Share of OOD images in the mixed test set, in (0, 1).")
 flags.DEFINE_integer("num_bins", 15, "Equal-width confidence bins on [0, 1].", lower_bound=1)
@@ -245,10 +245,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     started = time.time()
-    try:
-        seeds = [int(seed) for seed in FLAGS.seeds]
-    except ValueError:
-        raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. 1,2,3.") from None
+    seeds = seed_flags.parsed_seeds()
     if len(seeds) > 1 and (FLAGS.run or not FLAGS.runs_dir):
         raise app.UsageError("several --seeds need --runs_dir (and no --run): the compare layout "
                              "<runs_dir>/<method>/seed<k>.")

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
 from ice_tf import backbones, layers, losses, models, run_data  # noqa: E402
-from ice_tf.cli import runner  # noqa: E402
+from ice_tf.cli import runner, seed_flags  # noqa: E402
 from ice_tf.config import ExperimentConfig  # noqa: E402
 from ice_tf.experiment import HEAD_INIT_BATCHES  # noqa: E402
 
@@ -37,7 +37,7 @@ def define_flags():
     """The script's flags; defined when it runs, so that tests can import it."""
     flags.DEFINE_list("feature_dims", ["16", "32", "64", "128", "256", "512", "1024"],
                       "Feature sizes d of the small_cnn's last layer.")
-    flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds of the initialisation.")
+    seed_flags.define_seeds_flag("Seeds of the initialisation.", default=("1", "2", "3"))
     flags.DEFINE_float("loss_weight", None, "λ; unset = ICE's default.")
     flags.DEFINE_integer("batch", 128, "In-distribution images in the batch.")
 
@@ -88,7 +88,7 @@ def main(argv):
     weight = FLAGS.loss_weight if FLAGS.loss_weight is not None else losses.spec("ice").hyperparameters["weight"]
     rows = table(images[:FLAGS.batch], labels[:FLAGS.batch], images[FLAGS.batch:],
                  labels[FLAGS.batch:], [int(d) for d in FLAGS.feature_dims],
-                 [int(s) for s in FLAGS.seeds], weight)
+                 seed_flags.parsed_seeds(), weight)
     keys = ("in_term", "in_term_per_d", "ce", "share", "gradient_ratio")
     print("| d | head init | -h_y | -h_y / d | CE | λ·(-h_y) / CE | gradient ratio |")
     print("|---|---|---|---|---|---|---|")

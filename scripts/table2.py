@@ -26,14 +26,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from ice_tf.cli import experiment_flags, runner  # noqa: E402
+from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
 from ice_tf import run_folder  # noqa: E402  (light: no TensorFlow)
 
 # TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
 
 flags.DEFINE_string("runs_dir", None, "A compare.py folder: <runs_dir>/{ce,oe,energy,ice}/seed<seed>.")
-flags.DEFINE_list("seeds", ["1"], "With --runs_dir: the seed<k> folders to read; several give "
-                  "mean ± std over seeds.")
+seed_flags.define_seeds_flag("With --runs_dir: the seed<k> folders to read; several give "
+                             "mean ± std over seeds.")
 flags.DEFINE_string("plain", None, "The plain (CE-trained) run folder; overrides <runs_dir>/ce.")
 flags.DEFINE_multi_string("method", [], "label:RUN_DIR of an outlier-trained method (repeatable).")
 flags.DEFINE_string("output_dir", None, "Where table2.md/json go; default: runs_dir or the plain run's parent.")
@@ -113,10 +113,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     started = time.time()
-    try:
-        seeds = [int(seed) for seed in FLAGS.seeds]
-    except ValueError:
-        raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. 1,2,3.") from None
+    seeds = seed_flags.parsed_seeds()
     if len(seeds) > 1 and not FLAGS.runs_dir:
         raise app.UsageError("several --seeds need --runs_dir (the compare layout <runs_dir>/<method>/seed<k>).")
     runs_by_seed = [parse_runs(FLAGS.runs_dir, seed, FLAGS.plain, FLAGS.method) for seed in seeds]

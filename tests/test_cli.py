@@ -11,7 +11,7 @@ import sys
 import pytest
 from absl import flags
 
-from ice_tf.cli import experiment_flags, flagfiles, runner
+from ice_tf.cli import experiment_flags, flagfiles, runner, seed_flags
 from ice_tf.config import ExperimentConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -112,6 +112,32 @@ def test_a_bad_flag_is_one_line_naming_it(tmp_path, args, expected):
     assert code == 1
     assert err.strip().splitlines() == [err.strip()] and err.startswith(expected), err
     assert len(err) < 300
+
+
+def test_seeds_are_one_definition_that_refuses_non_integers():
+    flag_values = flags.FlagValues()
+    seed_flags.define_seeds_flag("Seeds.", flag_values=flag_values)
+    flag_values(["prog", "--seeds=3,1,2"])
+    assert seed_flags.parsed_seeds(flag_values) == [3, 1, 2]
+    for bad in ("1,x", "1.5", ""):
+        with pytest.raises(flags.IllegalFlagValueError, match="non-empty list of integers, e.g. 1,2,3"):
+            flag_values(["prog", f"--seeds={bad}"])
+
+
+@pytest.mark.parametrize("command", [
+    ("ice-tf", "compare", "--flagfile=demo", "--dry_run"),
+    ("scripts/analysis_table.py",),
+])
+def test_bad_seeds_stop_compare_and_the_scripts_in_one_line(tmp_path, command):
+    if command[0] == "ice-tf":
+        code, _, err = ice_tf_command(*command[1:], "--seeds=1,two", cwd=tmp_path)
+    else:
+        done = subprocess.run([sys.executable, str(REPO / command[0]), "--seeds=1,two",
+                               f"--runs_dir={tmp_path}"], cwd=tmp_path, env=ENV,
+                              capture_output=True, text=True, timeout=120)
+        code, err = done.returncode, done.stderr
+    assert code != 0 and "--seeds must be a non-empty list of integers, e.g. 1,2,3." in err, err
+    assert len([line for line in err.strip().splitlines() if "seeds" in line]) == 1, err
 
 
 def test_unknown_command_and_overview(tmp_path):

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from ice_tf.cli import experiment_flags, runner  # noqa: E402
+from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
 from ice_tf import evaluation, experiment, run_folder  # noqa: E402
 from ice_tf.config import METHOD_FIELDS  # noqa: E402
 
@@ -41,14 +41,12 @@ def define_flags():
     experiment_flags.define_flags()
     flags.DEFINE_list("methods", ["ce", "oe", "energy", "ice"], "Loss names, each a variant with defaults.")
     flags.DEFINE_multi_string("variant", [], "label:key=value,key=value config overrides (repeatable).")
-    flags.DEFINE_list("seeds", ["1"], "Seeds; each variant runs once per seed.")
+    seed_flags.define_seeds_flag("Seeds; each variant runs once per seed.")
     flags.DEFINE_multi_string(
         "group", [], "name:label+label OOD-set groups for the summary (default: all sets together)."
     )
     experiment_flags.define_run_flags()
     flags.DEFINE_bool("rerun", False, "The same as --overwrite (its earlier name).")
-    flags.register_validator("seeds", lambda s: s and all(x.lstrip("-").isdigit() for x in s),
-                             "--seeds must be a non-empty list of integers.")
 
 
 def parse_variants(methods, variant_specs):
@@ -96,7 +94,7 @@ def main(argv):
     shared = experiment_flags.config_from_flags(FLAGS, shared_among_methods=True)
     base = shared.for_loss(shared.loss)
     variants = parse_variants(FLAGS.methods, FLAGS.variant)
-    seeds = [int(s) for s in FLAGS.seeds]
+    seeds = seed_flags.parsed_seeds()
     configs = {}
     for label, overrides in variants.items():
         method_base = shared.for_loss(overrides.get("loss", shared.loss))

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from ice_tf import gda, run_folder
+from ice_tf import gda, metrics, run_folder
 from ice_tf.config import ANALYSES
 
 # A per-sample gradient below this magnitude is not counted as raising an output: it
@@ -334,9 +334,8 @@ def summary_rows_over_seeds(analyses_by_seed):
         row = {"epoch": epoch}
         for header, *_ in SUMMARY_COLUMNS:
             values = [rows[epoch][header] for rows in per_seed]
-            missing = None in values
-            row[header] = None if missing else float(np.mean(values))
-            row[header + " std"] = None if missing else float(np.std(values))
+            row[header], row[header + " std"] = (
+                (None, None) if None in values else metrics.spread(values).values())
         combined.append(row)
     return combined
 

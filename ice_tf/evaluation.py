@@ -239,17 +239,15 @@ def aggregate_runs(results_list):
     """
     if not results_list:
         raise ValueError("no results to aggregate.")
-
-    def spread(values):
-        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
-
+    spread = metrics_lib.spread
     labels = list(results_list[0]["sets"])
+    accuracy = spread([r["accuracy"] for r in results_list])
     return {
         "score": results_list[0]["score"],
         "protocol": results_list[0]["protocol"],
         "num_runs": len(results_list),
-        "accuracy": float(np.mean([r["accuracy"] for r in results_list])),
-        "accuracy_std": float(np.std([r["accuracy"] for r in results_list])),
+        "accuracy": accuracy["mean"],
+        "accuracy_std": accuracy["std"],
         "num_in": results_list[0]["num_in"],
         "sets": {
             label: {k: spread([r["sets"][label][k]["mean"] for r in results_list]) for k in METRIC_KEYS}
@@ -268,8 +266,8 @@ def _group_mean(result, labels, key):
     """Mean over the given OOD sets of a metric. Its std: for aggregated runs, the std
     over runs of each run's group mean; for one run, the mean of the sets' stds."""
     if "run_sets" in result:
-        per_run = [np.mean([run[label][key] for label in labels]) for run in result["run_sets"]]
-        return {"mean": float(np.mean(per_run)), "std": float(np.std(per_run))}
+        return metrics_lib.spread([np.mean([run[label][key] for label in labels])
+                                   for run in result["run_sets"]])
     values = [result["sets"][label][key] for label in labels]
     return {"mean": float(np.mean([v["mean"] for v in values])),
             "std": float(np.mean([v["std"] for v in values]))}

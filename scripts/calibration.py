@@ -43,7 +43,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import calibration, evaluation, experiment, plotting, run_data, run_folder, scores  # noqa: E402
+from ice_tf import calibration, evaluation, experiment, metrics, plotting, run_data, run_folder, scores  # noqa: E402
 
 CREATE_RUNS = run_folder.DEMO_COMMAND
 
@@ -139,11 +139,10 @@ def over_seeds(results_by_seed):
         result = {**first, "sets": {k: dict(v) for k, v in first["sets"].items()}, "std": {},
                   "per_seed": rows}
         for key in SEED_METRICS:
-            values = [r[key] for r in rows]
-            result[key], result["std"][key] = float(np.mean(values)), float(np.std(values))
-        for label, metrics in result["sets"].items():
+            result[key], result["std"][key] = metrics.spread([r[key] for r in rows]).values()
+        for label, set_metrics in result["sets"].items():
             values = [r["sets"][label]["ece"] for r in rows if r["sets"].get(label)]
-            metrics["ece"], metrics["ece_std"] = float(np.mean(values)), float(np.std(values))
+            set_metrics["ece"], set_metrics["ece_std"] = metrics.spread(values).values()
         if first["temperature"] != 1.0:
             result["confidence"] = (f"exp(max h / T), T = {result['temperature']:.2f} ± "
                                     f"{result['std']['temperature']:.2f} fitted on validation data")

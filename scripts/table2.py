@@ -20,14 +20,12 @@ import json
 import os
 import time
 
-import numpy as np
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
-from ice_tf import run_folder  # noqa: E402  (light: no TensorFlow)
+from ice_tf import metrics, run_folder  # noqa: E402  (light: no TensorFlow)
 
 # TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
 
@@ -86,8 +84,7 @@ def over_seeds(rows_by_seed):
     for rows in zip(*rows_by_seed):
         row = {key: rows[0][key] for key in ("method", "model", "score", "score_text")}
         for key in [k for k, _ in COLUMNS] + ["accuracy"]:
-            values = [r[key] for r in rows]
-            row[key], row[key + "_std"] = float(np.mean(values)), float(np.std(values))
+            row[key], row[key + "_std"] = metrics.spread([r[key] for r in rows]).values()
         row["per_seed"] = list(rows)
         combined.append(row)
     return combined

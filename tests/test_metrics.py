@@ -377,3 +377,11 @@ def test_no_heavy_imports():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_spread_is_the_mean_and_population_std_in_float64():
+    values = np.array([0.8125, 0.84, 0.8399], dtype=np.float32)
+    result = metrics.spread(values)
+    exact = values.astype(np.float64)
+    assert result == {"mean": float(exact.mean()), "std": float(np.sqrt(((exact - exact.mean()) ** 2).mean()))}
+    assert metrics.spread([0.5]) == {"mean": 0.5, "std": 0.0}

@@ -27,6 +27,7 @@ per-OOD-set ECE, reliability bins) beside the reliability diagram at --output
 
 import json
 import os
+import textwrap
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -214,7 +215,8 @@ def reliability_figure(results):
         top.plot(centres, confidence[filled], "_", color="tab:red", markersize=9, mew=2,
                  label="bin mean confidence")
         top.set(xlim=(0, 1), ylim=(0, 1),
-                title=f"{method}: {result['confidence']}\nECE {_pct(result['ece'])}%")
+                title="\n".join(textwrap.wrap(f"{method}: {result['confidence']}", 34)
+                                + [f"ECE {_pct(result['ece'])}%"]))
         if column == 0:
             top.set_ylabel("fraction in-distribution")
             top.legend(loc="upper left", fontsize=7)

@@ -8,7 +8,7 @@ Submodules:
   metrics      AUROC, AUPR-In/Out, FPR95 under both conventions.
   calibration  ECE, MCE, Brier and reliability bins of a confidence as P(in-distribution).
   models       OODModel: one training loop for every method.
-  backbones    wrn40_2, wrn34_10, densenet40_12, small_cnn.
+  backbones    wrn40_2, wrn34_10, wrn16_4, wrn16_2, densenet40_12, small_cnn.
   export       SavedModel export with probabilities, confidence and score.
   distribute   Strategy selection and replica-aware helpers.
   analysis     contradictory-gradient, distribution-shift and confidence statistics.

@@ -10,7 +10,7 @@ import tensorflow as tf
 from ice_tf import backbones
 
 CIFAR_SHAPE = (32, 32, 3)
-BUILTIN_NAMES = ["densenet40_12", "small_cnn", "wrn34_10", "wrn40_2"]
+BUILTIN_NAMES = ["densenet40_12", "small_cnn", "wrn16_2", "wrn16_4", "wrn34_10", "wrn40_2"]
 
 _model_cache = {}
 
@@ -101,6 +101,26 @@ def test_wrn_rejects_invalid_depth(depth):
 
 def test_wrn40_2_parameter_count():
     assert _trainable_params(_with_linear_head(_build("wrn40_2"))) == 2_243_546
+
+
+def _wrn_parameter_count(depth, widen_factor, in_channels=3, num_classes=10):
+    """Counts a pre-activation WRN's trainable parameters by hand: bias-free convolutions,
+    two per BatchNorm, a 1x1 shortcut where the width changes, a linear head."""
+    count, channels = 9 * in_channels * 16, 16
+    for width in (16 * widen_factor, 32 * widen_factor, 64 * widen_factor):
+        for block in range((depth - 4) // 6):
+            count += 2 * channels + 9 * channels * width + 2 * width + 9 * width * width
+            count += channels * width if channels != width else 0
+            channels = width
+    return count + 2 * channels + channels * num_classes + num_classes
+
+
+@pytest.mark.parametrize("name, depth, widen_factor", [("wrn40_2", 40, 2), ("wrn16_4", 16, 4),
+                                                        ("wrn16_2", 16, 2)])
+def test_wrn_parameter_counts_match_the_hand_count(name, depth, widen_factor):
+    assert _wrn_parameter_count(40, 2) == 2_243_546  # the reference's WRN-40-2
+    assert _trainable_params(_with_linear_head(_build(name))) == _wrn_parameter_count(depth,
+                                                                                      widen_factor)
 
 
 def test_wrn34_10_parameter_count():

@@ -38,7 +38,7 @@ def test_round_trip_through_json():
     "changes, message",
     [
         ({"loss": "focal"}, "choose one of: bce, ce, energy, ice, ice_minus, oe"),
-        ({"backbone": "vit"}, "densenet40_12, small_cnn, wrn34_10, wrn40_2"),
+        ({"backbone": "vit"}, "densenet40_12, small_cnn, wrn16_2, wrn16_4, wrn34_10, wrn40_2"),
         ({"in_dataset": "gaussian"}, "no labels"),
         ({"outlier_dataset": None}, "needs outliers"),
         ({"batch_in": 0}, "batch_in must be >= 1"),

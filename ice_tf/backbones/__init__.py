@@ -5,7 +5,8 @@ features ``(batch, d)`` (after the final activation and global average
 pooling; no classifier), is named after its registry name, and exposes ``d``
 as ``model.output_shape[-1]``.
 
-Built-in names: ``densenet40_12``, ``small_cnn``, ``wrn34_10``, ``wrn40_2``.
+Built-in names: ``densenet40_12``, ``small_cnn``, ``wrn16_2``, ``wrn16_4``, ``wrn34_10``,
+``wrn40_2``.
 
 Example::
 
@@ -29,7 +30,7 @@ import keras
 
 from ice_tf.backbones.densenet import densenet, densenet40_12
 from ice_tf.backbones.small_cnn import small_cnn
-from ice_tf.backbones.wrn import wide_resnet, wrn34_10, wrn40_2
+from ice_tf.backbones.wrn import wide_resnet, wrn16_2, wrn16_4, wrn34_10, wrn40_2
 
 __all__ = [
     "densenet",
@@ -39,6 +40,8 @@ __all__ = [
     "register",
     "small_cnn",
     "wide_resnet",
+    "wrn16_2",
+    "wrn16_4",
     "wrn34_10",
     "wrn40_2",
 ]
@@ -75,7 +78,7 @@ def names() -> list[str]:
     """Sorted names of all registered backbones.
 
     Example:
-      names()  # ['densenet40_12', 'small_cnn', 'wrn34_10', 'wrn40_2']
+      names()  # ['densenet40_12', 'small_cnn', 'wrn16_2', 'wrn16_4', 'wrn34_10', 'wrn40_2']
     """
     return sorted(_BUILDERS)
 
@@ -104,6 +107,8 @@ def get(name: str, input_shape: Sequence[int | None], *, sync_batchnorm: bool = 
 
 
 register("wrn40_2")(wrn40_2)
+register("wrn16_2")(wrn16_2)
+register("wrn16_4")(wrn16_4)
 register("wrn34_10")(wrn34_10)
 register("densenet40_12")(densenet40_12)
 register("small_cnn")(small_cnn)

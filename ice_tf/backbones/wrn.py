@@ -104,6 +104,36 @@ def wrn40_2(input_shape: Sequence[int | None], *, dropout_rate: float = 0.3,
                        sync_batchnorm=sync_batchnorm, name="wrn40_2")
 
 
+def wrn16_4(input_shape: Sequence[int | None], *, dropout_rate: float = 0.0,
+            sync_batchnorm: bool = False) -> keras.Model:
+    """WRN-16-4, a shallower, wider CIFAR network (two blocks per group).
+
+    256 features. Trainable parameters: 2,748,890 with a 10-class linear head
+    on 32x32x3 inputs.
+
+    Reference: Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
+
+    Example: ``features = wrn16_4((32, 32, 3))(images)  # (batch, 256)``
+    """
+    return wide_resnet(input_shape, 16, 4, dropout_rate=dropout_rate,
+                       sync_batchnorm=sync_batchnorm, name="wrn16_4")
+
+
+def wrn16_2(input_shape: Sequence[int | None], *, dropout_rate: float = 0.0,
+            sync_batchnorm: bool = False) -> keras.Model:
+    """WRN-16-2: the smallest WRN of the registry, a residual network sized for CPU runs.
+
+    128 features, as small_cnn and WRN-40-2. Trainable parameters: 691,674 with a
+    10-class linear head on 32x32x3 inputs (33 times small_cnn's); a training step
+    on 128 + 256 images of 28x28x1 takes about 2.5 s on 2 CPU cores, against 7.8 s
+    for WRN-16-4.
+
+    Example: ``features = wrn16_2((28, 28, 1))(images)  # (batch, 128)``
+    """
+    return wide_resnet(input_shape, 16, 2, dropout_rate=dropout_rate,
+                       sync_batchnorm=sync_batchnorm, name="wrn16_2")
+
+
 def wrn34_10(input_shape: Sequence[int | None], *, dropout_rate: float = 0.0,
              sync_batchnorm: bool = False) -> keras.Model:
     """WRN-34-10, no dropout by default (the usual setting for this width).

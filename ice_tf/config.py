@@ -165,6 +165,26 @@ class ExperimentConfig:
             return self.init_checkpoint
         return self.init_checkpoint.replace("{seed}", str(self.seed))
 
+    def input_paths(self):
+        """(setting, path) of every file or folder of the user's that the run reads: a run
+        refuses an output_dir that holds one (`ice_tf.run_folder.check_inputs_outside`).
+
+        Example:
+          ExperimentConfig(outlier_path="/data/300k.npy").input_paths()
+          # [('outlier_path', '/data/300k.npy')]
+        """
+        from ice_tf.data import labelled
+
+        found = [("backbone", self.backbone if self.backbone.endswith(".keras") else None),
+                 ("init_checkpoint", self.init_checkpoint_path),
+                 ("outlier_path", self.outlier_path),
+                 ("outlier_exclude_path", self.outlier_exclude_path),
+                 ("data_dir", self.data_dir)]
+        if labelled.is_spec(self.in_dataset):
+            found.append(("in_dataset", self.in_dataset.partition(":")[2]))
+        found += [(f"OOD set {spec.label}", spec.path) for spec in self.ood_set_specs]
+        return [(setting, value) for setting, value in found if value]
+
     @property
     def uses_outliers(self):
         return self.method.uses_outliers
@@ -256,6 +276,14 @@ class ExperimentConfig:
             if not self.outlier_dataset:
                 raise ValueError(f"loss={self.loss!r} needs outliers: set outlier_dataset.")
             choose("outlier_dataset", self.outlier_dataset, data.names())
+            entry = data.registry.source_entry(self.outlier_dataset)
+            for field, takes in (("outlier_path", entry.uses_path),
+                                 ("outlier_exclude_path", entry.uses_exclusions)):
+                if getattr(self, field) and not takes:
+                    raise ValueError(
+                        f"outlier_dataset={self.outlier_dataset!r} reads no {field}, but "
+                        f"{field}={getattr(self, field)!r} is set (a flag file sets it for "
+                        f"another outlier set?): unset it with --{field}=.")
         for spec in self.ood_set_specs:
             choose(f"OOD set {spec.label!r}", spec.dataset, data.names())
         if len({spec.label for spec in self.ood_set_specs}) != len(self.ood_set_specs):

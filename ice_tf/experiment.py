@@ -61,7 +61,7 @@ def initialize_from_checkpoint(model, checkpoint_path, train_dataset=None, num_b
         raise FileNotFoundError(
             f"init_checkpoint {checkpoint_path!r} does not exist; give the model.keras of a "
             "finished run (e.g. runs/demo/ce/seed1/model.keras).")
-    pretrained = keras.models.load_model(checkpoint_path, compile=False)
+    pretrained = models.read_model(checkpoint_path, "init_checkpoint")
     if not isinstance(pretrained, models.OODModel):
         raise ValueError(f"{checkpoint_path} is not an ice_tf OODModel; convert a Keras "
                          "classifier with OODModel.from_classifier.")
@@ -188,12 +188,14 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
         callbacks.append(callbacks_lib.GaussianHeadMonitor())
     logger = None
     if not dry:
-        logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch)
+        logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch,
+                                 recovered=callbacks_lib.recovered_metrics(out) if resume else None)
         callbacks += [
             logger,
             keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
                                         update_freq="epoch"),
-            callbacks_lib.TrainingCheckpoint(out, config.checkpoint_steps, start_step),
+            callbacks_lib.TrainingCheckpoint(out, config.checkpoint_steps, start_step,
+                                             metrics_logger=logger),
         ]
     callbacks += list(extra_callbacks)
     started = time.time()
@@ -229,7 +231,7 @@ def load_run(run_dir, **overrides):
             )
     with open(config_path) as stream:
         config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
-    return keras.models.load_model(model_path, compile=False), config, model_path
+    return models.read_model(model_path), config, model_path
 
 
 def enable_determinism():
@@ -286,6 +288,8 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
                 make_eval_data(config)  # builds every evaluation pipeline
             return {key: float(values[-1]) for key, values in history.history.items()}
         out = config.output_dir
+        # Read-only checks first: the lock must not write into a folder that is not ice-tf's.
+        check_before_training(config)
         with folder_lib.RunLock(out):
             state = folder_lib.check_folder(out, config.to_dict(), overwrite)  # refusals first
             check_sources(config)
@@ -311,6 +315,21 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
     return results
 
 
+def check_before_training(config):
+    """The checks of a run that read nothing but the config and the file system, before
+    anything is written: OOD sets to evaluate on, an output folder that is ice-tf's (or
+    new), and no input of the run inside it (`ice_tf.run_folder`).
+
+    Example:
+      check_before_training(config)  # RunFolderError for a folder of the user's files
+    """
+    if not config.ood_datasets:
+        raise ValueError("ood_datasets is empty: a run is evaluated on OOD sets, so name at least "
+                         "one (e.g. --ood_datasets=embedded_mnist,gaussian).")
+    folder_lib.check_owned(config.output_dir)
+    folder_lib.check_inputs_outside(config.output_dir, config.input_paths())
+
+
 def plan_runs(configs, overwrite=False):
     """{key: "reuse" or "train"} for several runs (ice-tf compare), checked before
     anything trains: a finished run of the same config is reused; a folder of another
@@ -322,6 +341,7 @@ def plan_runs(configs, overwrite=False):
     """
     plan = {}
     for key, config in configs.items():
+        check_before_training(config)
         if not overwrite and folder_lib.finished_with(config.output_dir, config.to_dict()):
             plan[key] = "reuse"
         else:
@@ -427,7 +447,7 @@ def _total_train_seconds(out, this_process_seconds):
 
 
 __all__ = [
-    "run", "dry_run", "plan_runs", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
+    "run", "dry_run", "plan_runs", "check_before_training", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
     "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
     "fit_confidence_temperature",
 ]

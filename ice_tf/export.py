@@ -21,8 +21,12 @@ is refused by the signature, and an empty batch gives empty outputs. Each return
                              `ice` (max h) or `msp`;
   outputs        (batch, K)  the raw head outputs (h or logits).
 
+An image with a NaN or infinite pixel gets NaN outputs and probabilities, confidence 0
+and score -inf.
+
 The SavedModel loads with plain `tf.saved_model.load` in a process that never
-imports ice_tf.
+imports ice_tf. Its folder holds ice-tf-export.json, the list of the files the export
+wrote: `overwrite=True` replaces such a folder only, never another one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from ice_tf import ownership
 from ice_tf import scores as scores_lib
 
 
@@ -61,11 +66,18 @@ def serving_outputs(model, images, score=None):
     gaussian = model.gaussian_head
     score_fn = scores_lib.get(score or default_score(model))
     outputs = tf.cast(model(images, training=False), tf.float32)
+    # An image with a non-finite pixel has no meaningful output: NaN outputs and
+    # probabilities, confidence 0 and score -inf, never a confidence above real images.
+    pixels = tf.reshape(tf.cast(images, tf.float32), (tf.shape(images)[0], -1))
+    finite = tf.reduce_all(tf.math.is_finite(pixels), axis=1)
+    nan_rows = tf.fill(tf.shape(outputs), float("nan"))
+    outputs = tf.where(finite[:, None], outputs, nan_rows)
+    confidence = scores_lib.confidence(
+        outputs, gaussian, getattr(model.head, "confidence_temperature", 1.0))
     return {
         "probabilities": tf.nn.softmax(outputs, axis=-1),
-        "confidence": scores_lib.confidence(
-            outputs, gaussian, getattr(model.head, "confidence_temperature", 1.0)),
-        "score": score_fn(outputs),
+        "confidence": tf.where(finite, confidence, tf.zeros_like(confidence)),
+        "score": tf.where(finite, score_fn(outputs), tf.fill(tf.shape(finite), -float("inf"))),
         "outputs": outputs,
     }
 
@@ -119,7 +131,9 @@ def export_saved_model(model, path, score=None, overwrite=False):
       path: the output directory.
       score: a name from `ice_tf.scores.names()` for the `score` output; default: the
         compiled method's own score (`default_score`).
-      overwrite: replace an existing directory at `path`.
+      overwrite: replace an earlier ice-tf export at `path` (one that holds
+        `ice_tf.ownership.EXPORT_MARKER` and no file it did not write); any other
+        existing path is refused with `ice_tf.ownership.NotOwnedError`.
 
     Returns:
       The path written.
@@ -130,8 +144,11 @@ def export_saved_model(model, path, score=None, overwrite=False):
       served.signatures["serving_default"](images=raw_pixels)["confidence"]
     """
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    if os.path.exists(path):
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace an "
+                                  "earlier export, or give another output path.")
+        ownership.check_replaceable_export(path)  # never a folder ice-tf did not write
     score = score or default_score(model)
     scores_lib.get(score)  # validate early
 
@@ -160,8 +177,9 @@ def export_saved_model(model, path, score=None, overwrite=False):
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         archive.write_out(staging, verbose=False)
+        ownership.write_export_marker(staging, score=score)
         if os.path.exists(path):
-            shutil.rmtree(path)
+            ownership.remove_export(path)
         os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -22,6 +22,7 @@ import os
 import contextlib
 import math
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -100,6 +101,27 @@ def _check_dataset_batches(dataset):
         )
 
 
+def _check_integer_labels(x, y=None):
+    """Float labels that are not whole numbers would be cut to integers by the loss
+    without a word (2.7 to 2): refused, as the command line refuses them."""
+    try:
+        if y is not None:
+            labels = np.asarray(y)
+        else:
+            batch = next(iter(x.take(1))) if isinstance(x, tf.data.Dataset) else x
+            labels = np.asarray(unpack_batch(batch)[1])
+    except (ValueError, TypeError, StopIteration, IndexError):
+        return  # the training step reports malformed batches itself
+    if labels.ndim == 2 and labels.shape[-1] > 1:
+        return  # one-hot rows
+    if np.issubdtype(labels.dtype, np.floating):
+        fractional = labels[labels != np.round(labels)]
+        if fractional.size:
+            raise ValueError(
+                f"labels must be class indices 0..K-1 (or one-hot rows); got {fractional.flat[0]:g}, "
+                "which would be cut to an integer: give integer labels.")
+
+
 def _check_normalization(normalization):
     """((mean, ...), (std, ...)) as float tuples, or None; a one-line error otherwise."""
     if normalization is None:
@@ -153,8 +175,8 @@ def _label_errors_as_value_errors():
 FINETUNE_RIDGE = 1.0
 
 DIVERGENCE_REMEDY = (
-    "lower the learning rate (the reference code fine-tunes at 0.001), or, for a model from "
-    "OODModel.from_classifier, fit its head with a larger ridge (ridge=2.0)"
+    "lower the learning rate, e.g. to 0.001 (the reference code's fine-tune rate; a small "
+    "classifier converted by OODModel.from_classifier can diverge at 0.01)"
 )
 
 
@@ -593,6 +615,7 @@ class OODModel(keras.Model):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself.
             _check_dataset_batches(x)
             _check_outlier_stream_length(x)
+        _check_integer_labels(x, args[0] if args else kwargs.get("y"))
         self._warn_if_raw_pixels(x)
         # First, so that it takes its log out before the others see the logs.
         kwargs["callbacks"] = [_DivergenceGuard(), *(kwargs.get("callbacks") or [])]
@@ -806,6 +829,32 @@ class ClassifierFeatures(keras.Model):
         return cls(classifier, **config)
 
 
+def _nested_class_model(classifier):
+    """The nested Sequential or functional model that ends a graph classifier and holds
+    its class layer (the last layer with weights is a model, not a Dense), or None."""
+    if not _is_graph_model(classifier):
+        return None
+    weighted = [layer for layer in classifier.layers if layer.weights]
+    if weighted and isinstance(weighted[-1], keras.Model) and _is_graph_model(weighted[-1]):
+        return weighted[-1]
+    return None
+
+
+def _check_class_layer(classifier, dense):
+    """Refuses a split at a Dense layer that does not give the classifier's outputs (the
+    class layer hidden where the split cannot see it), instead of a wrong class count."""
+    try:
+        outputs = classifier.output_shape[-1]
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return  # a subclassed model that does not know its output shape
+    if isinstance(outputs, int) and outputs != dense.units:
+        raise ValueError(
+            f"the last Dense layer of {classifier.name} that ice-tf can see, {dense.name!r}, has "
+            f"{dense.units} units but the classifier gives {outputs} outputs: its class layer is "
+            "nested where the split cannot reach; pass feature_layer= (the layer whose outputs "
+            "are the features) or build the classifier without the nesting.")
+
+
 def _is_graph_model(classifier):
     return isinstance(classifier, keras.Sequential) or type(classifier).__name__ == "Functional" or (
         getattr(classifier, "_is_graph_network", False))
@@ -821,7 +870,16 @@ def classifier_parts(classifier, feature_layer=None):
     Example:
       backbone, dense = classifier_parts(classifier)   # dense: the last Dense layer
     """
+    nested = _nested_class_model(classifier) if feature_layer is None else None
+    if nested is not None:
+        # The class layer sits inside a nested model that ends the classifier: the features
+        # are the outer layers, then the nested model's own layers up to its last Dense.
+        inner_backbone, dense = classifier_parts(nested)
+        features = inner_backbone(nested.input)
+        return keras.Model(classifier.inputs, features, name=f"{classifier.name}_features"), dense
     dense = _last_dense(classifier) if feature_layer is None else None
+    if dense is not None:
+        _check_class_layer(classifier, dense)
     if feature_layer is not None:
         layer = _find_layer(classifier, feature_layer)
         last = [l for l in classifier.layers if isinstance(l, keras.layers.Dense)]
@@ -899,10 +957,31 @@ def is_model_file(backbone):
     return str(backbone).endswith(".keras")
 
 
+def read_model(path, what="model file"):
+    """`keras.models.load_model(path, compile=False)` with one-line errors naming the
+    file: missing, or not a readable .keras archive (cut short, damaged, another format),
+    never Keras' "File not found" for a file that exists.
+
+    Example:
+      model = read_model("runs/demo/ice/seed1/model.keras")
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{what} {path!r} is not a readable .keras archive (cut short, damaged or "
+                         "another format); save the model again with model.save(...).")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(f"{what} {path!r} is damaged ({str(error).splitlines()[0]}); save the "
+                         "model again with model.save(...).") from None
+
+
 @functools.lru_cache(maxsize=4)
 def _load_file(path, modified_ns):
     del modified_ns  # part of the cache key: a rewritten file is loaded again
-    return keras.models.load_model(path, compile=False)
+    return read_model(path, "backbone file")
 
 
 def load_model_file(path):

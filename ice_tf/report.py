@@ -64,6 +64,21 @@ class EvaluationReport:
                 f"mean AUROC ({first})={self.auroc():.4f})")
 
 
+def _check_image_shape(shape, model, what):
+    """Images of another size or channel count than the model takes are refused in one
+    line (the command line resizes its sets; arrays given here are the caller's to match)."""
+    try:
+        expected = tuple(model.image_shape or ())
+    except (AttributeError, ValueError):
+        return  # a subclassed backbone that does not know its input shape
+    found = tuple(shape)[-3:]
+    if expected and len(found) == 3 and None not in found and found != expected:
+        raise ValueError(
+            f"{what} has images of shape {found}, but the model takes {expected}: resize or convert "
+            "them first (ice_tf.data.images.prepare does so for uint8 or [0, 1] pixels, as the "
+            "command line does), then normalise them as the in-distribution images.")
+
+
 def evaluate(model, in_data, ood_data, *, scores=None, protocol="full", num_draws=10, seed=0,
              train_data=None, feature_layer=None, odin_std=1.0, batch_size=256, verbose=1):
     """OOD detection of every OOD set against in-distribution data, and accuracy.
@@ -103,10 +118,11 @@ def evaluate(model, in_data, ood_data, *, scores=None, protocol="full", num_draw
     if not isinstance(ood_data, dict) or not ood_data:
         raise ValueError("ood_data must be a non-empty dict {name: images}.")
     in_dataset = data.batched(in_data, batch_size, shuffle=False)
-    ood_datasets = {
-        name: data.images_only(images, what=f"OOD set {name!r}").map(lambda x: (x, 0)).batch(batch_size)
-        for name, images in ood_data.items()
-    }
+    ood_datasets = {}
+    for name, images in ood_data.items():
+        images = data.images_only(images, what=f"OOD set {name!r}")
+        _check_image_shape(images.element_spec.shape, model, f"OOD set {name!r}")
+        ood_datasets[name] = images.map(lambda x: (x, 0)).batch(batch_size)
     results, raw_scores = {}, {}
     for index, name in enumerate(scores, 1):
         options = {"std": odin_std} if name in ("odin", "mahalanobis") else {}

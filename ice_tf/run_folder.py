@@ -2,6 +2,7 @@
 
 One training run writes one folder (`ice_tf.experiment.run`):
 
+  ice-tf-run.json      written first: marks the folder as ice-tf's (`claim`)
   run.lock             while a process writes the folder: its pid, host and start
   flags.txt            a flag file that re-runs it (scripts)
   config.json          the frozen config
@@ -11,7 +12,8 @@ One training run writes one folder (`ice_tf.experiment.run`):
   analysis/            the training-time analyses asked for (ice_tf.callbacks)
   tensorboard/         TensorBoard logs
   checkpoints/         the training state after the last finished epoch (weights,
-                       optimizer, random state: last.weights.h5, last.json), to resume
+                       optimizer, random state: epoch-N.weights.h5, last.json) and the
+                       one before it (previous.json), to resume
   model.keras          the trained model
   saved_model/         the serving SavedModel (ice_tf.export)
   scores.npz           raw OOD scores of the evaluation: "in" and one key per OOD set
@@ -23,6 +25,13 @@ A folder is *running* while run.lock names a live process, *unfinished* without
 results.json, *finished* with it. `prepare_for_training` enforces the contract: a
 finished folder or another config is refused unless `overwrite`; the same config
 into an unfinished folder resumes from checkpoints/ (ice_tf.experiment.run).
+
+Ownership: ice-tf trains only into a new or empty folder, or into a folder it marked
+as its own (ice-tf-run.json, written before anything else; a run folder of an earlier
+version, config.json and ice-tf's names only, is adopted). A folder holding anything
+else is refused, with or without `overwrite`. Removal (`overwrite`, or what a resumed
+run drops) takes only the names ice-tf writes (`OWNED_INSIDE` within its folders, an
+ice-tf export for saved_model/); any other file is kept, and said so.
 
 ice-tf compare puts runs at <runs_dir>/<label>/seed<k> (`method_run`); every
 script that reads runs takes them from here, by label and seed or as 'label:folder'
@@ -45,6 +54,7 @@ import warnings
 
 import numpy as np
 
+RUN_MARKER = "ice-tf-run.json"
 FLAGS_FILE = "flags.txt"
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
@@ -53,8 +63,8 @@ METRICS_FILE = "metrics.jsonl"
 ANALYSIS_DIR = "analysis"  # also ice_tf.analysis.ANALYSIS_DIR
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINTS_DIR = "checkpoints"
-LAST_CHECKPOINT = os.path.join(CHECKPOINTS_DIR, "last.weights.h5")  # model and optimizer
 LAST_STATE = os.path.join(CHECKPOINTS_DIR, "last.json")  # epoch, step, random state
+PREVIOUS_STATE = os.path.join(CHECKPOINTS_DIR, "previous.json")  # the state before it, kept
 LOCK_FILE = "run.lock"
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -71,6 +81,13 @@ PRODUCT_DIRS = (SAVED_MODEL_DIR,)
 # Everything a run writes (--overwrite removes all of it).
 OUTPUT_FILES = (FLAGS_FILE, CONFIG_FILE, DATASET_FILE, README_FILE, METRICS_FILE, *PRODUCT_FILES)
 OUTPUT_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR, *PRODUCT_DIRS)
+# What ice-tf writes inside its folders (fnmatch patterns of the path relative to the
+# folder): only these are removed from them; a user's file there is kept.
+OWNED_INSIDE = {
+    ANALYSIS_DIR: ("*.jsonl", ".tmp-*"),
+    TENSORBOARD_DIR: ("events.out.tfevents.*", "*/events.out.tfevents.*"),
+    CHECKPOINTS_DIR: ("epoch-*.weights.h5", "last.json", "previous.json", ".tmp-*"),
+}
 # Prefixes of the staging files and folders of atomic writes (ice_tf.atomic_io,
 # ice_tf.export); a killed write leaves one behind, the next run removes it.
 STAGING_PREFIXES = (".tmp-", ".export-")
@@ -103,6 +120,8 @@ FILE_DESCRIPTIONS = {
                   "last, so a folder without it is unfinished",
     RESULTS_MARKDOWN: "the same results as a table",
     LOCK_FILE: "present while a process writes the folder (its pid, host, start time)",
+    RUN_MARKER: "marks this folder as an ice-tf run folder (written first): --overwrite "
+                "removes only what ice-tf wrote here",
 }
 
 
@@ -173,13 +192,26 @@ class RunFolderError(RuntimeError):
     """
 
 
-def _process_alive(pid):
+def _process_start(pid):
+    """The start time of process `pid` in clock ticks since boot (Linux), else None: with
+    the pid it tells a lock's holder from a later process that reuses its pid."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as stream:
+            return int(stream.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_alive(pid, started_ticks=None):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # alive, another user's
+        pass  # alive, another user's
+    if started_ticks is not None:
+        now = _process_start(pid)
+        return now is None or now == started_ticks  # another start: the pid was reused
     return True
 
 
@@ -216,7 +248,7 @@ class RunLock:
                 return time.time() - os.path.getmtime(self.path) > self.STALE_EMPTY_SECONDS
             return True
         return holder.get("host") == socket.gethostname() and not _process_alive(
-            int(holder.get("pid", -1)))
+            int(holder.get("pid", -1)), holder.get("start_ticks"))
 
     def is_held(self):
         """Whether run.lock names a live process (or one on another host, unverifiable);
@@ -224,10 +256,20 @@ class RunLock:
         return os.path.exists(self.path) and not self._is_stale(self._holder())
 
     def acquire(self):
-        """Takes the lock (writing run.lock), or raises RunFolderError if a live process holds it."""
-        os.makedirs(self.folder, exist_ok=True)
+        """Takes the lock (writing run.lock), or raises RunFolderError if a live process
+        holds it or the folder cannot be written."""
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            return self._acquire()
+        except OSError as error:
+            raise RunFolderError(
+                f"cannot write output_dir {self.folder} ({error.strerror or error}); choose a "
+                "writable output_dir.") from None
+
+    def _acquire(self):
         record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "start_ticks": _process_start(os.getpid())}
         for _ in range(2):
             try:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -266,11 +308,124 @@ class RunLock:
 
 
 def _remove(folder, files=(), dirs=()):
+    """Removes ice-tf's own entries of `folder` among `files` and `dirs` (by name; inside
+    a folder only the names of `OWNED_INSIDE`, saved_model/ only as an ice-tf export);
+    returns the paths kept because ice-tf did not write them."""
+    from ice_tf import ownership
+
     for name in files:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path(folder, name))
+    kept = []
     for name in dirs:
-        shutil.rmtree(path(folder, name), ignore_errors=True)
+        target = path(folder, name)
+        if not os.path.isdir(target):
+            continue
+        if name in OWNED_INSIDE:
+            kept += [f"{name}/{inside}" for inside in ownership.remove_owned(target, OWNED_INSIDE[name])]
+        elif ownership.foreign_files_of_export(target) == []:
+            shutil.rmtree(target)
+        else:
+            kept.append(f"{name}/")
+    if kept:
+        warnings.warn(f"{folder}: kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} that "
+                      f"ice-tf did not write: {', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}.",
+                      stacklevel=3)
+    return kept
+
+
+# ---------------------------------------------------------------- ownership
+# Names a run folder of an earlier version holds (adopted without the marker).
+_KNOWN_NAMES = (RUN_MARKER, LOCK_FILE, *OUTPUT_FILES, *OUTPUT_DIRS)
+
+
+def _entries(folder):
+    return sorted(name for name in os.listdir(folder) if not name.startswith(STAGING_PREFIXES))
+
+
+def ownership(folder):
+    """"new" (missing, or empty but for a lock), "own" (marked by ice-tf, or a run folder of
+    an earlier version: config.json of a run and ice-tf's names only) or "foreign".
+
+    Raises RunFolderError when `folder` is a file or lies below one.
+
+    Example:
+      ownership("runs/demo/ice/seed1")  # "own"
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise RunFolderError(f"output_dir {folder} is a file, not a folder; choose another output_dir.")
+    parent = os.path.dirname(os.path.abspath(folder))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise RunFolderError(f"output_dir {folder} lies below {parent}, which is a file; choose "
+                             "another output_dir.")
+    if not os.path.isdir(folder):
+        return "new"
+    from ice_tf import ownership as ownership_lib
+
+    if ownership_lib.read_marker(path(folder, RUN_MARKER)) is not None:
+        return "own"
+    entries = _entries(folder)
+    if set(entries) <= {LOCK_FILE}:
+        return "new"
+    try:
+        earlier = read_config(folder)
+    except ValueError:
+        earlier = None
+    if isinstance(earlier, dict) and "loss" in earlier and set(entries) <= set(_KNOWN_NAMES):
+        return "own"
+    return "foreign"
+
+
+def check_owned(folder):
+    """Raises RunFolderError, naming the folder and the fix, when `folder` holds files
+    ice-tf did not write (`ownership` "foreign"): ice-tf trains only into a new or empty
+    folder or its own run folder, with or without --overwrite. Returns `ownership`'s answer.
+
+    Example:
+      check_owned("runs/new")  # "new"
+    """
+    answer = ownership(folder)
+    if answer == "foreign":
+        entries = _entries(folder)
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise RunFolderError(
+            f"{folder} is not an ice-tf run folder and is not empty ({shown}); ice-tf writes only "
+            "into a new or empty folder or its own run folder, also with --overwrite: choose "
+            "another output_dir.")
+    return answer
+
+
+def check_inputs_outside(folder, inputs):
+    """Raises RunFolderError when a file or folder the run reads lies inside its output
+    folder, where the run would remove or replace it. `inputs`: (setting, path) pairs.
+
+    Example:
+      check_inputs_outside("runs/x", [("backbone", "runs/x/model.keras")])  # RunFolderError
+    """
+    root = os.path.realpath(folder)
+    for setting, input_path in inputs:
+        if not input_path:
+            continue
+        real = os.path.realpath(input_path)
+        if real == root or real.startswith(root + os.sep):
+            raise RunFolderError(
+                f"{setting}={input_path} lies inside output_dir {folder}, which the run writes; "
+                "copy it elsewhere or choose another output_dir.")
+
+
+def claim(folder):
+    """Marks `folder` as an ice-tf run folder (`RUN_MARKER`), once; hold its `RunLock`.
+
+    Example:
+      claim("runs/new")  # writes runs/new/ice-tf-run.json
+    """
+    from ice_tf import atomic_io, ownership as ownership_lib
+
+    marker = path(folder, RUN_MARKER)
+    if ownership_lib.read_marker(marker) is None:
+        atomic_io.write_atomic(marker, json.dumps(ownership_lib.marker_record(kind="run")) + "\n")
 
 
 def remove_staging(folder):
@@ -329,12 +484,15 @@ def check_folder(folder, config_dict, overwrite=False):
     """The run-folder contract's refusals, before anything is written (see
     `prepare_for_training`); returns "finished", "unfinished" or "empty".
 
+    A folder that is not ice-tf's (`check_owned`) is refused whatever `overwrite` says.
     Unless `overwrite`, a folder of another config is refused naming the fields that
     differ, and a finished folder of the same config naming `--overwrite`.
 
     Example:
       check_folder("runs/new", config.to_dict())  # "empty"
     """
+    if check_owned(folder) == "new":
+        return "empty"
     finished = is_finished(folder)
     try:
         earlier = read_config(folder)
@@ -356,9 +514,21 @@ def check_folder(folder, config_dict, overwrite=False):
                 f"{folder} holds a finished run (results.json); pass --overwrite "
                 "(overwrite=True) to replace it, or choose another output_dir."
             )
+    _check_saved_model_replaceable(folder)
     if finished:
         return "finished"
     return "empty" if earlier is None else "unfinished"
+
+
+def _check_saved_model_replaceable(folder):
+    """A run replaces its saved_model/: refused up front when that is not a clean ice-tf export."""
+    from ice_tf import ownership as ownership_lib
+
+    target = path(folder, SAVED_MODEL_DIR)
+    if os.path.exists(target) and ownership_lib.foreign_files_of_export(target) != []:
+        raise RunFolderError(
+            f"{target} is not an export ice-tf wrote (or holds other files too), and this run "
+            "would replace it; move it out of the run folder, then run the same command again.")
 
 
 def finished_with(folder, config_dict):
@@ -385,17 +555,23 @@ def clear_for_training(folder, state, overwrite=False):
     remove_staging(folder)
     if overwrite or state != "unfinished":
         _remove(folder, OUTPUT_FILES, OUTPUT_DIRS)
+        claim(folder)
         return "new"
     _remove(folder, PRODUCT_FILES, PRODUCT_DIRS)
-    return "resume" if os.path.isfile(path(folder, LAST_STATE)) else "new"
+    claim(folder)
+    return "resume" if any(os.path.isfile(path(folder, name))
+                           for name in (LAST_STATE, PREVIOUS_STATE)) else "new"
 
 
 def prepare_for_training(folder, config_dict, overwrite=False):
     """Applies the run-folder contract before a run writes `folder` (hold its `RunLock`).
 
+    - not ice-tf's (neither new, empty nor marked by ice-tf): refused, also with
+      `overwrite`;
     - finished (results.json) or holding another config: refused with a
       `RunFolderError` naming `--overwrite` (and the differing fields), unless
-      `overwrite`, which removes every earlier output first;
+      `overwrite`, which removes every earlier output ice-tf wrote first (a file
+      of the user's in the folder stays);
     - the same config, unfinished: what came after training (model, SavedModel,
       scores, statistics, results) is removed and checkpoints/, metrics and analyses
       are kept for the run to resume from; staging files of killed writes go.
@@ -544,10 +720,11 @@ def load_scores(folder):
 
 __all__ = [
     "FLAGS_FILE", "CONFIG_FILE", "METRICS_FILE", "ANALYSIS_DIR", "TENSORBOARD_DIR",
-    "CHECKPOINTS_DIR", "LAST_CHECKPOINT", "LAST_STATE", "LOCK_FILE", "MODEL_FILE",
+    "CHECKPOINTS_DIR", "LAST_STATE", "PREVIOUS_STATE", "LOCK_FILE", "MODEL_FILE",
     "SAVED_MODEL_DIR", "SCORES_FILE", "STATS_FILE", "RESULTS_FILE", "RESULTS_MARKDOWN",
     "DEMO_COMMAND", "FILE_DESCRIPTIONS", "readme_text", "DATASET_FILE", "README_FILE",
-    "PRODUCT_FILES", "PRODUCT_DIRS", "OUTPUT_FILES", "OUTPUT_DIRS",
+    "PRODUCT_FILES", "PRODUCT_DIRS", "OUTPUT_FILES", "OUTPUT_DIRS", "OWNED_INSIDE", "RUN_MARKER",
+    "ownership", "check_owned", "check_inputs_outside", "claim",
     "STAGING_PREFIXES", "TIMING_FIELDS", "RESUMABLE_FIELDS", "RunFolderError", "RunLock", "remove_staging",
     "config_differences", "read_config", "check_folder", "finished_with", "clear_for_training",
     "prepare_for_training", "without_timing", "path", "is_finished",

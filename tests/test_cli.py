@@ -114,13 +114,14 @@ def test_a_bad_flag_is_one_line_naming_it(tmp_path, args, expected):
     assert len(err) < 300
 
 
-def test_seeds_are_one_definition_that_refuses_non_integers():
+def test_seeds_are_one_definition_that_refuses_non_integers_and_repeats():
     flag_values = flags.FlagValues()
     seed_flags.define_seeds_flag("Seeds.", flag_values=flag_values)
     flag_values(["prog", "--seeds=3,1,2"])
     assert seed_flags.parsed_seeds(flag_values) == [3, 1, 2]
-    for bad in ("1,x", "1.5", ""):
-        with pytest.raises(flags.IllegalFlagValueError, match="non-empty list of integers, e.g. 1,2,3"):
+    for bad in ("1,x", "1.5", "", "1,1"):
+        with pytest.raises(flags.IllegalFlagValueError,
+                           match="non-empty list of distinct integers, e.g. 1,2,3"):
             flag_values(["prog", f"--seeds={bad}"])
 
 
@@ -136,7 +137,7 @@ def test_bad_seeds_stop_compare_and_the_scripts_in_one_line(tmp_path, command):
                                f"--runs_dir={tmp_path}"], cwd=tmp_path, env=ENV,
                               capture_output=True, text=True, timeout=120)
         code, err = done.returncode, done.stderr
-    assert code != 0 and "--seeds must be a non-empty list of integers, e.g. 1,2,3." in err, err
+    assert code != 0 and "--seeds must be a non-empty list of distinct integers, e.g. 1,2,3." in err, err
     assert len([line for line in err.strip().splitlines() if "seeds" in line]) == 1, err
 
 

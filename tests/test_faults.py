@@ -67,7 +67,7 @@ def test_a_run_killed_in_epoch_2_resumes_to_the_uninterrupted_result(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
     assert not os.path.exists(os.path.join(killed, run_folder.LOCK_FILE))
     assert sorted(os.listdir(os.path.join(killed, "checkpoints"))) == [
-        "epoch-0003.weights.h5", "last.json"]
+        "epoch-0002.weights.h5", "epoch-0003.weights.h5", "last.json", "previous.json"]
 
 
 class _CrashAt(keras.callbacks.Callback):
@@ -91,7 +91,7 @@ def test_a_run_stopped_within_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp
     state = json.load(open(os.path.join(config.output_dir, run_folder.LAST_STATE)))
     assert (state["epoch"], state["step"], state["iterations"]) == (1, 2, 7)
     assert sorted(os.listdir(os.path.join(config.output_dir, "checkpoints"))) == [
-        "epoch-0001-step-000002.weights.h5", "last.json"]
+        "epoch-0001-step-000002.weights.h5", "epoch-0001.weights.h5", "last.json", "previous.json"]
     seen = []
 
     class Steps(keras.callbacks.Callback):
@@ -163,23 +163,34 @@ def test_another_config_is_refused_naming_the_fields(tmp_path):
 
 
 def _fill(folder):
+    """Every name a run writes, as ice-tf writes it."""
+    from ice_tf import ownership
+
+    atomic_io.write_atomic(os.path.join(folder, run_folder.RUN_MARKER),
+                           json.dumps(ownership.marker_record(kind="run")))
     for name in run_folder.OUTPUT_FILES:
         atomic_io.write_atomic(os.path.join(folder, name), "old")
-    for name in run_folder.OUTPUT_DIRS:
-        os.makedirs(os.path.join(folder, name), exist_ok=True)
-        atomic_io.write_atomic(os.path.join(folder, name, "old.txt"), "old")
+    for name in ("analysis/shift.jsonl", "tensorboard/train/events.out.tfevents.1.host",
+                 "checkpoints/epoch-0001.weights.h5", "checkpoints/last.json",
+                 "checkpoints/previous.json", "saved_model/saved_model.pb",
+                 "saved_model/variables/variables.index"):
+        atomic_io.write_atomic(os.path.join(folder, name), "old")
+    ownership.write_export_marker(os.path.join(folder, "saved_model"))
     os.makedirs(os.path.join(folder, ".export-abc"))
     atomic_io.write_atomic(os.path.join(folder, ".tmp-xyz.keras"), "half")
 
 
-def test_overwrite_removes_every_earlier_output(tmp_path):
+def test_overwrite_removes_every_earlier_output_and_nothing_of_the_user_s(tmp_path):
     folder = str(tmp_path / "run")
     os.makedirs(folder)
     _fill(folder)
     atomic_io.write_atomic(os.path.join(folder, "notes.txt"), "the user's")
+    atomic_io.write_atomic(os.path.join(folder, "checkpoints", "mine.txt"), "the user's")
     config = ExperimentConfig(output_dir=folder, **TINY)
-    assert run_folder.prepare_for_training(folder, config.to_dict(), overwrite=True) == "new"
-    assert os.listdir(folder) == ["notes.txt"]
+    with pytest.warns(UserWarning, match="kept 1 entry that ice-tf did not write: checkpoints/mine.txt"):
+        assert run_folder.prepare_for_training(folder, config.to_dict(), overwrite=True) == "new"
+    assert sorted(os.listdir(folder)) == ["checkpoints", "ice-tf-run.json", "notes.txt"]
+    assert os.listdir(os.path.join(folder, "checkpoints")) == ["mine.txt"]
 
 
 def test_an_unfinished_run_keeps_its_training_state_and_drops_later_products(tmp_path):

@@ -6,6 +6,7 @@
   ice-tf compare --flagfile=demo --seeds=1,2,3
   ice-tf demo                     # compare --flagfile=demo: the embedded benchmark
   ice-tf train --helpshort        # a command's flags, grouped, with their defaults
+  ice-tf train ... --verbose      # also TensorFlow's own start-up lines (hidden otherwise)
 
 Flag files: `--flagfile=PATH`, or the name of a shipped one (`demo`, `demo_near`,
 `experiments/cifar10_wrn40_2_finetune_ice`, `method/ice`, ...) from any directory;
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+
+from ice_tf.cli import quiet
+
+quiet.import_tensorflow()  # first, so that its start-up lines are held back (quiet.py)
 
 COMMANDS = {
     "train": "train, evaluate and export one model into a run folder",

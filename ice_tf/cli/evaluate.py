@@ -29,7 +29,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
@@ -76,7 +75,7 @@ def load_run(model_path):
         raise app.UsageError(f"--model={model_path} is neither a run folder nor a .keras file.")
     if not os.path.exists(model_path):
         raise app.UsageError(f"{model_path} does not exist; train it first with ice-tf train.")
-    model = keras.models.load_model(model_path, compile=False)
+    model = ice_tf.models.read_model(model_path, "--model")
     if not isinstance(model, ice_tf.models.OODModel):
         # A plain classifier: its Dense layer becomes a linear head, weights kept.
         model = ice_tf.models.OODModel.from_classifier(model, head="linear")

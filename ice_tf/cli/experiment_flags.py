@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import re
 import logging as std_logging
@@ -23,7 +24,7 @@ import typing
 
 from absl import app, flags, logging
 
-from ice_tf import backbones, losses, run_folder
+from ice_tf import backbones, losses, ownership, run_folder
 from ice_tf.config import ExperimentConfig
 
 _METHODS = ", ".join(losses.names())
@@ -298,12 +299,47 @@ def define_run_flags(flag_values=flags.FLAGS):
 
 # What a user can fix: printed as one line, without a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, run_folder.RunFolderError,
-               app.UsageError)
+               app.UsageError, OSError, ownership.NotOwnedError)
+RESUME_HINT = "run the same command again to resume"
+
+
+def _is_out_of_space(error):
+    return (getattr(error, "errno", None) == errno.ENOSPC
+            or "No space left on device" in str(error))
+
+
+def error_line(error):
+    """The one line a command prints for a user error: the cause and the fix.
+
+    Example:
+      error_line(OSError(errno.ENOSPC, "No space left on device", "runs/x/model.keras"))
+      # 'no space left on device writing runs/x/model.keras; free some space, then ...'
+    """
+    if isinstance(error, KeyboardInterrupt):
+        return f"interrupted (Ctrl-C); a training run keeps its last checkpoint: {RESUME_HINT}."
+    if _is_out_of_space(error):
+        where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+        return (f"no space left on device{where}; free some space (or choose another "
+                f"output_dir), then {RESUME_HINT}.")
+    if type(error).__name__ == "ResourceExhaustedError":
+        return ("out of memory: " + (str(error).strip().splitlines() or [""])[0][:200]
+                + "; lower --batch_in/--batch_out or --eval_batch_size.")
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.strerror:
+        where = f" {error.filename}" if error.filename else ""
+        fixes = {errno.EROFS: "choose a writable folder", errno.EACCES: "choose a folder you may write",
+                 errno.EPERM: "choose a folder you may write",
+                 errno.ENOTDIR: "a part of the path is a file: choose another path",
+                 errno.EEXIST: "choose another path"}
+        fix = fixes.get(error.errno, "check the path")
+        return f"{error.strerror.lower()}:{where}; {fix}."
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
 
 
 def one_line_errors(main):
-    """Wraps a script's `main`: a user error (`USER_ERRORS`) prints `error: <message>` on
-    one line and exits with status 1; ICE_TF_TRACEBACK=1 shows the traceback instead.
+    """Wraps a script's `main`: a user error (`USER_ERRORS`, TensorFlow's out-of-memory
+    or out-of-space error, Ctrl-C) prints `error: <message>` on one line (`error_line`)
+    and exits with status 1 (130 for Ctrl-C); ICE_TF_TRACEBACK=1 shows the traceback instead.
 
     Example:
       @one_line_errors
@@ -314,14 +350,27 @@ def one_line_errors(main):
     def wrapped(argv):
         try:
             return main(argv)
-        except USER_ERRORS as error:
+        except (*USER_ERRORS, KeyboardInterrupt, _ResourceExhausted()) as error:
             if os.environ.get("ICE_TF_TRACEBACK"):
                 raise
-            text = str(error).strip() or type(error).__name__
-            sys.stderr.write(f"error: {text.splitlines()[0]}\n")
-            sys.exit(1)
+            if sys.stdout.isatty():
+                sys.stdout.write("\n")  # end a progress bar's line: the error gets its own
+            sys.stdout.flush()
+            sys.stderr.write(f"error: {error_line(error)}\n")
+            sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
 
     return wrapped
+
+
+def _ResourceExhausted():
+    """TensorFlow's ResourceExhaustedError (an export or a step that ran out of disk or
+    memory), or a class nothing raises when TensorFlow is absent."""
+    tensorflow = sys.modules.get("tensorflow")
+    return tensorflow.errors.ResourceExhaustedError if tensorflow else _Never
+
+
+class _Never(Exception):
+    pass
 
 
 def quiet_tensorflow_logging(flag_values=flags.FLAGS):

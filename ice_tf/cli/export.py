@@ -13,7 +13,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 from absl import flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
@@ -49,7 +48,7 @@ def main(argv):
     """
     experiment_flags.quiet_tensorflow_logging(FLAGS)
     del argv
-    model = keras.models.load_model(FLAGS.model, compile=False)
+    model = ice_tf.models.read_model(FLAGS.model, "--model")
     path = export.export_saved_model(model, FLAGS.output, score=FLAGS.score, overwrite=FLAGS.overwrite)
     print(f"SavedModel written to {path}")
 

@@ -21,7 +21,7 @@ import textwrap
 
 from absl import app, flags
 
-from ice_tf.cli import experiment_flags, flagfiles
+from ice_tf.cli import experiment_flags, flagfiles, quiet
 
 HELP_ARGS = ("-h", "-help", "--help", "-helpshort", "--helpshort", "-?")
 _FOREIGN_MODULES = ("absl", "tensorflow", "keras", "tensorboard", "tensorflow_datasets")
@@ -76,7 +76,7 @@ def grouped_help(flag_values, doc="", command=""):
             parts += [_describe(flag) for flag in ordered]
             parts.append("")
     parts.append("Flag files: --flagfile=PATH or a shipped name (demo, method/ice, ...); "
-                 "--helpfull lists every flag, absl's too.")
+                 "--helpfull lists every flag, absl's too; --verbose shows TensorFlow's start-up lines.")
     return "\n".join(parts) + "\n"
 
 
@@ -91,6 +91,7 @@ def parse(argv, flag_values=flags.FLAGS, doc="", command=""):
         argv = flagfiles.expand(argv)
     except flagfiles.FlagFileError as error:
         _fail(str(error))
+    argv = [arg for arg in argv if arg != quiet.VERBOSE_FLAG]  # taken at import (quiet.py)
     if any(arg in HELP_ARGS or arg.startswith("--helpshort=") for arg in argv[1:]):
         sys.stdout.write(grouped_help(flag_values, doc, command))
         sys.exit(0)

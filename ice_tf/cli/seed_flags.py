@@ -13,16 +13,18 @@ from __future__ import annotations
 
 from absl import flags
 
-INVALID = "--seeds must be a non-empty list of integers, e.g. 1,2,3."
+INVALID = "--seeds must be a non-empty list of distinct integers, e.g. 1,2,3."
 
 
 def _integers(values):
-    return bool(values) and all(value.strip().lstrip("-").isdigit() for value in values)
+    if not values or not all(value.strip().lstrip("-").isdigit() for value in values):
+        return False
+    return len({int(value) for value in values}) == len(values)  # 1,1 would count one run twice
 
 
 def define_seeds_flag(help_text, default=("1",), flag_values=flags.FLAGS):
     """Defines `--seeds` (a comma-separated list) with a validator that refuses
-    anything but integers.
+    anything but distinct integers.
 
     Example:
       define_seeds_flag("The seed<k> folders read under --runs_dir.", default=("1",))

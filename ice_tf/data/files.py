@@ -17,7 +17,10 @@ holds one index per line, counted from 1; `TinyImagesSource` subtracts 1.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import zipfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -41,14 +44,25 @@ TINY_RECORD_BYTES = 32 * 32 * 3
 PERMUTATION_MAX_ROWS = 4_000_000
 
 
-def _require_path(options, dataset_name, what):
+# What to use instead of 80 Million Tiny Images, which its authors withdrew in 2020.
+TINY_IMAGES_REPLACEMENTS = (
+    "80 Million Tiny Images was withdrawn by its authors and cannot be downloaded any more; "
+    "train with another outlier set: the OE authors' 300K random images "
+    "(--flagfile=data/cifar10_300k or data/cifar100_300k, reading data/300K_random_images.npy), "
+    "downsampled ImageNet (--outlier_dataset=imagenet32 --outlier_path= "
+    "--outlier_exclude_path=), or any folder of images (--outlier_dataset=image_folder "
+    "--outlier_path=DIR --outlier_exclude_path=)")
+
+
+def _require_path(options, dataset_name, what, missing_hint=""):
     if not options.path:
         raise ValueError(
             f"Dataset {dataset_name!r} reads {what}: pass path=... to load/make_eval_dataset, "
             "or outlier_path=... to make_train_dataset (scripts: the dataset's path flag)."
         )
     if not os.path.exists(options.path):
-        raise FileNotFoundError(f"Dataset {dataset_name!r}: {options.path!r} does not exist.")
+        raise FileNotFoundError(f"Dataset {dataset_name!r}: {options.path!r} does not exist"
+                                f"{'; ' + missing_hint if missing_hint else ''}.")
     return options.path
 
 
@@ -164,6 +178,45 @@ class ImageFolderSource:
         return Examples(fixed=fixed, num_examples=len(indices), stream_fn=stream)
 
 
+@contextlib.contextmanager
+def npz_archive(path, what):
+    """`np.load` of a .npz with a one-line error naming `what` when the file is not a
+    readable archive (another format, cut short, damaged), never pickle advice or a
+    bare BadZipFile.
+
+    Example:
+      with npz_archive("mine.npz", "npz file 'mine.npz'") as archive:
+          images = archive["x_train"]
+    """
+    unreadable = (f"{what} is not a readable .npz archive (another format, cut short or "
+                  "damaged); write it again with numpy.savez")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(unreadable + ".")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            yield archive
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise ValueError(f"{unreadable} ({error}).") from None
+
+
+def load_npy(path, what):
+    """A memory-mapped `.npy` array, with a one-line error naming `what` when the file is
+    not a complete .npy array (another format, cut short).
+
+    Example:
+      images = load_npy("300K_random_images.npy", "outlier_path")
+    """
+    with open(path, "rb") as stream:
+        is_npy = stream.read(6) == b"\x93NUMPY"
+    try:
+        if not is_npy:
+            raise ValueError("no .npy header")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{what} {path!r} is not a readable .npy array ({error}); write it "
+                         "again with numpy.save.") from None
+
+
 class NpySource:
     """A `.npy` array of uint8 images, (N, H, W, C) or (N, H, W), memory-mapped; label -1.
 
@@ -173,7 +226,7 @@ class NpySource:
     def open(self, split, options, *, dataset_name):
         """`Examples` of the array's images (the source protocol of `ice_tf.data.load`)."""
         path = _require_path(options, dataset_name, "a .npy file of uint8 images")
-        images = np.load(path, mmap_mode="r")
+        images = load_npy(path, f"Dataset {dataset_name!r}:")
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
             raise ValueError(
                 f"Dataset {dataset_name!r}: {path!r} holds {images.dtype} of shape "
@@ -200,7 +253,7 @@ class NpzImagesSource:
     def open(self, split, options, *, dataset_name):
         """`Examples` of the archive's images (the source protocol of `ice_tf.data.load`)."""
         path = _require_path(options, dataset_name, "a .npz of uint8 images")
-        with np.load(path, allow_pickle=False) as archive:
+        with npz_archive(path, f"Dataset {dataset_name!r}: {path!r}") as archive:
             keys = [k for k in self.KEYS if k in archive.files] or (
                 archive.files if len(archive.files) == 1 else [])
             if not keys:
@@ -261,7 +314,8 @@ class TinyImagesSource:
 
     def open(self, split, options, *, dataset_name):
         """`Examples` of the file's records (the source protocol of `ice_tf.data.load`)."""
-        path = _require_path(options, dataset_name, "the 80M Tiny Images .bin file")
+        path = _require_path(options, dataset_name, "the 80M Tiny Images .bin file",
+                             TINY_IMAGES_REPLACEMENTS)
         raw = np.memmap(path, dtype=np.uint8, mode="r")
         if raw.size == 0 or raw.size % TINY_RECORD_BYTES:
             raise ValueError(

@@ -131,10 +131,12 @@ class LabelledArrays:
         largest = max(int(labels.max()) for _, labels in arrays.values())
         if min(int(labels.min()) for _, labels in arrays.values()) < 0:
             raise ValueError(f"{what}: labels must be 0..K-1; found a negative label.")
-        class_names = tuple(str(n) for n in class_names) if class_names is not None else tuple(
+        declared = class_names is not None
+        class_names = tuple(str(n) for n in class_names) if declared else tuple(
             str(i) for i in range(largest + 1))
         if largest >= len(class_names):
             raise ValueError(f"{what}: label {largest} but only {len(class_names)} class names.")
+        _check_classes(arrays, len(class_names), declared, what)
         origin = {split: "given" for split in arrays}
         rng = np.random.default_rng(SPLIT_SEED)
         for split, fraction, pool in (("test", TEST_FRACTION, "train"), ("val", VAL_FRACTION, "train")):
@@ -156,6 +158,40 @@ class LabelledArrays:
             images.setflags(write=False)
             labels.setflags(write=False)
         return cls({s: arrays[s] for s in SPLITS}, class_names, origin, flip)
+
+
+# A class with fewer training images than this share of the median class is taken for
+# stray labels when the classes are not declared (class_names): a long-tailed set at
+# 100:1 stays well above it.
+STRAY_CLASS_SHARE = 0.01
+
+
+def _check_classes(arrays, num_classes, declared, what):
+    """Refuses labels that would silently make another classifier: fewer than 2 classes,
+    a class missing from the training split (or seen only in test or val), and, when
+    the classes are counted from the labels, a class so rare it looks like stray labels."""
+    counts = np.bincount(arrays["train"][1], minlength=num_classes)
+    if num_classes < 2:
+        raise ValueError(f"{what}: the labels name one class only; a classifier needs at "
+                         "least 2.")
+    absent = [k for k in range(num_classes) if counts[k] == 0]
+    for split in ("test", "val"):
+        only_there = sorted(set(np.unique(arrays[split][1]).tolist()) & set(absent)) if split in arrays else []
+        if only_there:
+            raise ValueError(f"{what}: class{'es' if len(only_there) > 1 else ''} {only_there} "
+                             f"appear{'' if len(only_there) > 1 else 's'} in the {split} split but "
+                             "not in train; give training images of every class.")
+    if absent:
+        raise ValueError(f"{what}: no training image has label{'s' if len(absent) > 1 else ''} "
+                         f"{absent}; labels must be 0..K-1 with every class in train (or give "
+                         "class_names to declare K).")
+    median = float(np.median(counts))
+    rare = [k for k in range(num_classes) if counts[k] < STRAY_CLASS_SHARE * median]
+    if rare and not declared:
+        raise ValueError(f"{what}: label{'s' if len(rare) > 1 else ''} {rare} "
+                         f"{'have' if len(rare) > 1 else 'has'} {int(counts[rare[0]])} training "
+                         f"image(s) against a median of {int(median)} per class: stray labels? "
+                         "Fix them, or give class_names to declare the classes.")
 
 
 def _as_images(images, what):
@@ -290,7 +326,7 @@ def read_npz(path):
     what = f"npz file {path!r}"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} does not exist.")
-    with np.load(path, allow_pickle=False) as archive:
+    with files.npz_archive(path, what) as archive:
         keys = set(archive.files)
         for layout in _NPZ_LAYOUTS:
             if set(layout["train"]) <= keys:

@@ -103,6 +103,44 @@ def remove_owned(folder, patterns):
     return kept
 
 
+# ------------------------------------------------------------------ reports
+def check_replaceable(path, written_by_ice_tf, what):
+    """Raises `NotOwnedError` when `path` exists and `written_by_ice_tf(text)` does not
+    recognise its text as a report ice-tf writes (`what`): a command replaces its own
+    report, never a file of the same name that is the user's.
+
+    Example:
+      check_replaceable("runs/demo/comparison.md", lambda text: text.startswith("In-distribution:"),
+                        "ice-tf compare's table")
+    """
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, errors="replace") as stream:
+            text = stream.read(1 << 16)
+    except OSError:
+        text = None
+    if text is None or not written_by_ice_tf(text):
+        raise NotOwnedError(f"{path} exists and is not {what}; move it away or write elsewhere "
+                            "(the output folder or --output).")
+
+
+def json_with_keys(keys):
+    """A recogniser for `check_replaceable`: JSON text of an object holding every one of `keys`.
+
+    Example:
+      json_with_keys({"runs", "aggregated"})('{"runs": {}, "aggregated": {}}')  # True
+    """
+    def recognise(text):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and set(keys) <= set(record)
+
+    return recognise
+
+
 # ------------------------------------------------------------------ exports
 def write_export_marker(folder, **fields):
     """Writes `EXPORT_MARKER` into a finished export folder, listing every file in it.
@@ -159,6 +197,6 @@ def remove_export(path):
     shutil.rmtree(path)
 
 
-__all__ = ["EXPORT_MARKER", "NotOwnedError", "marker_record", "read_marker", "files_below",
+__all__ = ["EXPORT_MARKER", "NotOwnedError", "check_replaceable", "json_with_keys", "marker_record", "read_marker", "files_below",
            "remove_owned", "write_export_marker", "foreign_files_of_export",
            "check_replaceable_export", "remove_export"]

@@ -465,3 +465,25 @@ def test_ctrl_c_stops_a_command_in_one_line(tmp_path):
 
 def test_the_divergence_error_suggests_the_rate_that_trains():
     assert "0.001" in models.DIVERGENCE_REMEDY
+
+
+def test_reports_replace_their_own_files_only(tmp_path):
+    from ice_tf.cli import evaluate as evaluate_command
+
+    mine = tmp_path / "evaluation-oe.json"
+    mine.write_text('{"my": "results"}')
+    with pytest.raises(ownership.NotOwnedError, match="evaluation-oe.json exists and is not a record "
+                       "ice-tf evaluate wrote; move it away or write elsewhere"):
+        evaluate_command.check_outputs_replaceable(str(mine))
+    mine.write_text(json.dumps({"ice": {"score": "ice", "sets": {}}}))
+    (tmp_path / "evaluation-oe.md").write_text("### model.keras: ice\n")
+    evaluate_command.check_outputs_replaceable(str(mine))  # ice-tf's own: replaced
+
+    (tmp_path / "comparison.md").write_text("# my comparison of methods")
+    done = _ice_tf("compare", "--flagfile=demo", "--methods=ce", "--epochs=1",
+                   f"--output_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/comparison.md exists and is not a table ice-tf compare wrote; move it "
+        "away or write elsewhere (the output folder or --output)."]
+    assert (tmp_path / "comparison.md").read_text() == "# my comparison of methods"

@@ -26,10 +26,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
-from ice_tf import evaluation, experiment, run_folder  # noqa: E402
+from ice_tf import evaluation, experiment, ownership, run_folder  # noqa: E402
 from ice_tf.config import METHOD_FIELDS  # noqa: E402
 
 FLAGS = flags.FLAGS
+# What compare writes into --output_dir beside the run folders (replaced only when ice-tf's).
+COMPARISON_FILES = ("comparison.md", "comparison.json")
 
 
 def define_flags():
@@ -116,6 +118,11 @@ def main(argv):
             print(f"{label} seed {seed}: dry run OK {experiment.dry_run(config)}")
         return
     overwrite = FLAGS.overwrite or FLAGS.rerun
+    table_path, record_path = (os.path.join(base.output_dir, name) for name in COMPARISON_FILES)
+    ownership.check_replaceable(table_path, lambda text: text.startswith("In-distribution: "),
+                                "a table ice-tf compare wrote")
+    ownership.check_replaceable(record_path, ownership.json_with_keys(("runs", "aggregated")),
+                                "a record ice-tf compare wrote")
     plan = experiment.plan_runs(configs, overwrite)
     results, diverged = {}, {}
     for index, ((label, seed), config) in enumerate(configs.items(), 1):
@@ -145,9 +152,9 @@ def main(argv):
         f"In-distribution: {base.in_dataset}; backbone {base.backbone}; {base.epochs} epochs; "
         f"protocol {base.protocol}; {seeds_text}. Percentages; higher is better except FPR95.\n\n"
     )
-    experiment.write_atomic(os.path.join(base.output_dir, "comparison.md"), header + table)
+    experiment.write_atomic(table_path, header + table)
     experiment.write_atomic(
-        os.path.join(base.output_dir, "comparison.json"),
+        record_path,
         json.dumps({"runs": results, "aggregated": aggregated, "diverged": diverged}, indent=2)
         + "\n",
     )

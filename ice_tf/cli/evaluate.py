@@ -33,7 +33,7 @@ from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import detectors, evaluation, experiment, run_data  # noqa: E402
+from ice_tf import detectors, evaluation, experiment, ownership, run_data  # noqa: E402
 from ice_tf.config import ExperimentConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -82,6 +82,28 @@ def load_run(model_path):
     return model, ExperimentConfig(loss="ice" if model.gaussian_head else "ce"), model_path
 
 
+def _is_evaluation_record(text):
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and all(
+        isinstance(value, dict) and {"score", "sets"} <= set(value) for value in record.values())
+
+
+def check_outputs_replaceable(output):
+    """Refuses, before any work, to replace an --output JSON (or the .md beside it) that
+    ice-tf evaluate did not write.
+
+    Example:
+      check_outputs_replaceable("runs/demo/ice/seed1/evaluation-oe.json")
+    """
+    ownership.check_replaceable(output, _is_evaluation_record, "a record ice-tf evaluate wrote")
+    ownership.check_replaceable(os.path.splitext(output)[0] + ".md",
+                                lambda text: text.startswith("### "),
+                                "a report ice-tf evaluate wrote")
+
+
 def ood_spec(item):
     """--ood label=PATH as an OOD set spec: a folder (image_folder), .npy or .npz.
 
@@ -119,6 +141,10 @@ def main(argv):
     run_data.check_sources(config.replace(schedule="scratch"), outliers=False)
     adapt = run_data.model_input(model, config)
     in_ds, ood_ds = run_data.make_eval_data(config, adapt)
+    output = FLAGS.output or os.path.join(
+        os.path.dirname(os.path.abspath(model_path)), f"evaluation-{config.protocol}.json"
+    )
+    check_outputs_replaceable(output)
     reports, all_results = [], {}
     for score in FLAGS.scores or [config.score_name]:
         print(f"Score {score}:")
@@ -131,9 +157,6 @@ def main(argv):
         )
         all_results[score] = results
         reports.append(evaluation.results_markdown(results, title=f"{os.path.basename(model_path)}: {score}"))
-    output = FLAGS.output or os.path.join(
-        os.path.dirname(os.path.abspath(model_path)), f"evaluation-{config.protocol}.json"
-    )
     experiment.write_atomic(output, json.dumps(all_results, indent=2) + "\n")
     experiment.write_atomic(os.path.splitext(output)[0] + ".md", "\n".join(reports))
     print("\n".join(reports))

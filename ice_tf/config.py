@@ -16,11 +16,11 @@ import math
 import os
 from typing import Optional
 
-# Config fields that set a method's hyperparameters (`ice_tf.losses.spec(loss).hyperparameters`),
-# by the constructor argument they fill. A field set for a method that has no such
-# argument is refused by `validate`, never ignored.
-METHOD_FIELDS = {"loss_weight": "weight", "margin_in": "margin_in", "margin_out": "margin_out",
-                 "in_term_weight": "in_term_weight", "out_term_weight": "out_term_weight"}
+# A method's hyperparameters are not config fields: each loss class declares them
+# (`ice_tf.losses.Hyperparameter`), and the config keeps the ones set in `method_options`,
+# {flag: value}; `ExperimentConfig(margin_in=-27.0)` and `config.margin_in` read and
+# write them by flag name. A value set for a method that has no such hyperparameter is
+# refused by `validate`, never ignored.
 SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
 HEAD_CHOICES = ("auto", "linear", "gaussian")
@@ -69,7 +69,7 @@ class ExperimentConfig:
 
     Example:
       config = ExperimentConfig(loss="ice", backbone="small_cnn", epochs=6).validate()
-      config.replace(loss_weight=0.1).to_json()
+      config.replace(loss_weight=0.1).to_json()   # a method hyperparameter, by its flag
     """
 
     # Data.
@@ -84,11 +84,11 @@ class ExperimentConfig:
     limit_train: Optional[int] = None
     # Method.
     loss: str = "ice"
-    loss_weight: Optional[float] = None  # λ; None = the loss's default
-    margin_in: Optional[float] = None  # Energy m_in; None = the loss's default
-    margin_out: Optional[float] = None
-    in_term_weight: Optional[float] = None  # ICE: relative weight a of -h_y; None = 1
-    out_term_weight: Optional[float] = None  # ICE, ICE⁻: relative weight b of the outlier term
+    # (flag, value) pairs of the method's hyperparameters that are set, sorted; unset ones
+    # take the loss's declared default (`resolved()` fills them in for the run folder).
+    method_options: tuple = ()
+    # Modules imported before the flags are read (user losses, backbones, datasets).
+    imports: tuple = ()
     head: str = "auto"  # auto: the method's default head (losses.spec(loss).default_head)
     head_init: str = "random"  # HEAD_INITS; Gaussian head, scratch schedule
     head_learning_rate_scale: float = 1.0  # the head's SGD learning rate, times the backbone's
@@ -185,27 +185,76 @@ class ExperimentConfig:
         found += [(f"OOD set {spec.label}", spec.path) for spec in self.ood_set_specs]
         return [(setting, value) for setting, value in found if value]
 
+    # ------------------------------------------------- method hyperparameters
+    @property
+    def options(self):
+        """{flag: value} of the method hyperparameters that are set.
+
+        Example:
+          ExperimentConfig(loss="energy", margin_in=-27.0).options  # {'margin_in': -27.0}
+        """
+        return dict(self.method_options)
+
+    def __getattr__(self, name):
+        # config.loss_weight, config.margin_in, ...: a method hyperparameter by flag name.
+        if name.startswith("_") or name in ("method_options", "loss"):
+            raise AttributeError(name)
+        if name in _hyperparameter_flags():
+            return dict(self.method_options).get(name)
+        raise AttributeError(f"'ExperimentConfig' object has no attribute {name!r}")
+
+    def _specs(self):
+        """{flag: Hyperparameter} of `loss`."""
+        return {h.flag_name: h for h in self.method.hyperparameter_specs}
+
+    def inapplicable_method_fields(self):
+        """The method hyperparameters that are set although `loss` has no such hyperparameter."""
+        taken = self._specs()
+        return tuple(flag for flag in self.options if flag not in taken)
+
+    def for_loss(self, loss):
+        """This config for another method, with the method hyperparameters it does not
+        take unset (ice-tf compare shares one set of flags among methods)."""
+        config = self.replace(loss=loss)
+        return config.replace(**{flag: None for flag in config.inapplicable_method_fields()})
+
+    def loss_kwargs(self):
+        """The loss constructor's arguments set by this config.
+
+        Example:
+          ExperimentConfig(loss="energy", margin_in=-27.0).loss_kwargs()  # {'margin_in': -27.0}
+        """
+        taken = self._specs()
+        return {taken[flag].argument: value for flag, value in self.options.items() if flag in taken}
+
+    def resolved(self):
+        """This config with every hyperparameter of its method set, unset ones to their
+        declared defaults: what a run folder records, so that a later change of a default
+        does not change what re-running an old folder means.
+
+        Example:
+          ExperimentConfig(loss="energy").resolved().options
+          # {'loss_weight': 0.1, 'margin_in': -23.0, 'margin_out': -5.0}
+        """
+        options = {flag: spec.default for flag, spec in self._specs().items()}
+        options.update({flag: value for flag, value in self.options.items() if flag in options})
+        return self.replace(**{flag: value for flag, value in options.items()})
+
+    def replace(self, **changes):
+        """A copy with some fields changed (the config is frozen); method hyperparameters
+        by flag name, None unsets one.
+
+        Example:
+          config.replace(epochs=3, loss_weight=0.1)
+        """
+        fields, options = _split_method_options(changes, dict(self.method_options))
+        if options is not None:
+            fields["method_options"] = options
+        return dataclasses.replace(self, **fields)
+
     @property
     def uses_outliers(self):
         return self.method.uses_outliers
-
-    def inapplicable_method_fields(self):
-        """The method fields that are set although `loss` has no such hyperparameter."""
-        taken = self.method.hyperparameters
-        return tuple(field for field, argument in METHOD_FIELDS.items()
-                     if getattr(self, field) is not None and argument not in taken)
-
-    def for_loss(self, loss):
-        """This config for another method, with the method fields it does not take unset
-        (ice-tf compare shares one set of flags among methods)."""
-        config = self.replace(loss=loss)
-        return config.replace(**{field: None for field in config.inapplicable_method_fields()})
-
-    def loss_kwargs(self):
-        """The loss constructor's arguments set by this config (`METHOD_FIELDS`)."""
-        taken = self.method.hyperparameters
-        return {argument: getattr(self, field) for field, argument in METHOD_FIELDS.items()
-                if getattr(self, field) is not None and argument in taken}
 
     def backbone_kwargs(self):
         """The backbone constructor options the config sets (dropout_rate)."""
@@ -220,10 +269,17 @@ class ExperimentConfig:
             if value not in valid:
                 raise ValueError(f"{field}={value!r} is not valid; choose one of: {', '.join(valid)}.")
 
-        choose("loss", self.loss, losses.names())
+        if self.loss not in losses.names():
+            raise ValueError(f"loss={self.loss!r} is not valid; choose one of: "
+                             f"{', '.join(losses.names())}, or register your own in a module and "
+                             "name it with --import=MODULE.")
+        unknown = sorted(set(self.options) - set(_hyperparameter_flags()))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: no registered method has such a hyperparameter "
+                             f"(method hyperparameters: {', '.join(sorted(_hyperparameter_flags()))}).")
         inapplicable = self.inapplicable_method_fields()
         if inapplicable:
-            taken = ", ".join(self.method.hyperparameters) or "none"
+            taken = ", ".join(self._specs()) or "none"
             fields = ", ".join(inapplicable)
             verb = "does" if len(inapplicable) == 1 else "do"
             raise ValueError(
@@ -309,10 +365,9 @@ class ExperimentConfig:
                 raise ValueError(f"{field} must be a finite number >= 0, got {value}.")
         if self.min_learning_rate > self.learning_rate:
             raise ValueError("min_learning_rate must not exceed learning_rate.")
-        if self.loss_weight is not None and not (
-            math.isfinite(self.loss_weight) and self.loss_weight >= 0
-        ):
-            raise ValueError(f"loss_weight (lambda) must be >= 0, got {self.loss_weight}.")
+        specs = self._specs()
+        for flag, value in self.options.items():
+            specs[flag].check(value)
         if self.dropout_rate is not None and not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}.")
         if (self.schedule == "finetune" and not self.init_checkpoint and not self.dry_run
@@ -324,8 +379,11 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------ storage
     def to_dict(self):
-        """The fields as a dict (what config.json holds)."""
-        return dataclasses.asdict(self)
+        """The fields as a dict (what config.json holds); `method_options` as {flag: value}."""
+        values = dataclasses.asdict(self)
+        values["method_options"] = dict(self.method_options)
+        values["imports"] = list(self.imports)
+        return values
 
     def to_json(self):
         """The fields as sorted, indented JSON."""
@@ -334,36 +392,94 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, values):
         """The config of a dict of fields (config.json); an unknown field is a ValueError."""
-        names = {field.name for field in dataclasses.fields(cls)}
+        names = {field.name for field in dataclasses.fields(cls)} | set(_hyperparameter_flags())
         values = upgrade_dict(values)
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"unknown config fields: {sorted(unknown)}.")
         values = dict(values)
-        for field in ("ood_datasets", "analyses"):
+        for field in ("ood_datasets", "analyses", "imports"):
             if field in values:
                 values[field] = tuple(values[field])
+        if "method_options" in values:
+            values["method_options"] = _as_options(values["method_options"])
         return cls(**values)
 
-    def replace(self, **changes):
-        """A copy with some fields changed (the config is frozen)."""
-        return dataclasses.replace(self, **changes)
+
+# The method hyperparameters that were config fields before `method_options`.
+_LEGACY_METHOD_FIELDS = ("loss_weight", "margin_in", "margin_out", "in_term_weight", "out_term_weight")
+
+
+def _hyperparameter_flags():
+    from ice_tf import losses
+
+    return losses.hyperparameter_flags()
+
+
+def _as_options(options):
+    """Sorted (flag, value) pairs of a dict or pairs, None values dropped."""
+    pairs = options.items() if isinstance(options, dict) else options
+    return tuple(sorted((str(flag), value) for flag, value in pairs if value is not None))
+
+
+def _split_method_options(changes, options):
+    """(field changes, method_options or None) of keyword changes that may name method
+    hyperparameters by flag."""
+    fields = {}
+    touched = "method_options" in changes
+    if touched:
+        options = dict(_as_options(changes["method_options"]))
+    flags = _hyperparameter_flags() if set(changes) - _FIELD_NAMES else {}
+    for key, value in changes.items():
+        if key == "method_options":
+            continue
+        if key in _FIELD_NAMES:
+            fields[key] = value
+        elif key in flags:
+            touched = True
+            if value is None:
+                options.pop(key, None)
+            else:
+                options[key] = value
+        else:
+            raise TypeError(f"ExperimentConfig has no field or method hyperparameter {key!r}.")
+    return fields, (_as_options(options) if touched else None)
+
+
+_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(ExperimentConfig))
+_dataclass_init = ExperimentConfig.__init__
+
+
+def _init(self, *args, **kwargs):
+    fields, options = _split_method_options(kwargs, {})
+    if options is not None:
+        fields["method_options"] = options
+    _dataclass_init(self, *args, **fields)
+
+
+_init.__doc__ = ("ExperimentConfig(**fields): the dataclass fields, and method hyperparameters "
+                 "by flag name (loss_weight=0.1, margin_in=-27.0).")
+ExperimentConfig.__init__ = _init
 
 
 def upgrade_dict(values, stored=False):
     """A config dict of an older version in today's fields: `mixed_precision` (a
-    boolean until `precision` replaced it) becomes `precision`. With `stored` (a run
-    folder's config.json), a config that predates `precision` ran in float32, not in
-    today's default.
+    boolean until `precision` replaced it) becomes `precision`, and the method
+    hyperparameters that were fields (`loss_weight`, `margin_in`, ...) move into
+    `method_options`. With `stored` (a run folder's config.json), a config that
+    predates `precision` ran in float32, not in today's default.
 
     Example:
       upgrade_dict({"mixed_precision": True})  # {"precision": "mixed_float16"}
     """
     values = dict(values)
+    legacy_options = {field: values.pop(field) for field in _LEGACY_METHOD_FIELDS if field in values}
+    if any(value is not None for value in legacy_options.values()):
+        values["method_options"] = {**legacy_options, **dict(values.get("method_options") or {})}
     legacy = values.pop("mixed_precision", None)
     if "precision" not in values and (stored or legacy is not None):
         values["precision"] = "mixed_float16" if legacy else "float32"
     return values
 
 
-__all__ = ["ExperimentConfig", "upgrade_dict", "OODSetSpec", "METHOD_FIELDS", "SCHEDULES", "PROTOCOLS", "ANALYSES"]
+__all__ = ["ExperimentConfig", "upgrade_dict", "OODSetSpec", "SCHEDULES", "PROTOCOLS", "ANALYSES"]

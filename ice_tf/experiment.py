@@ -230,8 +230,27 @@ def load_run(run_dir, **overrides):
                 "train it with ice-tf train or ice-tf compare."
             )
     with open(config_path) as stream:
-        config = ExperimentConfig.from_dict(json.load(stream)).replace(**overrides).validate()
+        stored = json.load(stream)
+    import_modules(stored.get("imports", ()))
+    config = ExperimentConfig.from_dict(stored).replace(**overrides).validate()
     return models.read_model(model_path), config, model_path
+
+
+def import_modules(modules):
+    """Imports the modules a run named with --import (its config's `imports`), so that
+    its method is registered when the run is loaded again.
+
+    Example:
+      import_modules(["my_losses"])
+    """
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"the run imported {module!r} (--import), which cannot be imported "
+                             f"here ({error}); put it on the Python path.") from None
 
 
 def enable_determinism():
@@ -274,7 +293,8 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
     Example:
       results = run(ExperimentConfig(backbone="small_cnn", epochs=6, output_dir="runs/ice"))
     """
-    config = config.validate()
+    # Every hyperparameter of the method at its effective value: config.json records them.
+    config = config.validate().resolved()
     # First: a multi-worker strategy must exist before TensorFlow runs any op.
     strategy = distribute.get_strategy(config.strategy)
     if config.deterministic:
@@ -341,6 +361,7 @@ def plan_runs(configs, overwrite=False):
     """
     plan = {}
     for key, config in configs.items():
+        config = config.resolved()
         check_before_training(config)
         if not overwrite and folder_lib.finished_with(config.output_dir, config.to_dict()):
             plan[key] = "reuse"
@@ -448,6 +469,6 @@ def _total_train_seconds(out, this_process_seconds):
 
 __all__ = [
     "run", "dry_run", "plan_runs", "check_before_training", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
-    "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
+    "initialize_from_checkpoint", "import_modules", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
     "fit_confidence_temperature",
 ]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
+from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -88,6 +89,69 @@ def check_labels(labels, num_classes):
         return tf.identity(labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    """One hyperparameter a method declares: its constructor argument, command-line flag,
+    type, default, bounds and help. The config, the flags, `--helpshort` and the
+    validation are generated from these (`hyperparameter_flags`).
+
+    Attributes:
+      argument: the loss constructor's argument.
+      default: its default (the method's paper, or as chosen on validation).
+      help: one line for `--helpshort`.
+      flag: the flag and config name; default: `argument`. Methods share a flag when their
+        hyperparameters mean the same (λ is `loss_weight` for every method).
+      minimum, maximum: inclusive bounds, or None.
+      kind: float or int.
+
+    Example:
+      Hyperparameter("temperature", 0.04, "LogitNorm τ (Eq. 3)", minimum=1e-6)
+    """
+
+    argument: str
+    default: float
+    help: str = ""
+    flag: Optional[str] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    kind: type = float
+
+    @property
+    def flag_name(self):
+        """The flag and config name (`flag`, else `argument`)."""
+        return self.flag or self.argument
+
+    def check(self, value):
+        """`value` as `kind`, or a ValueError naming the flag, the bounds and the value.
+
+        Example:
+          Hyperparameter("margin_in", -23.0).check("-27")  # -27.0
+        """
+        try:
+            converted = self.kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.flag_name} must be {'an integer' if self.kind is int else 'a number'}, "
+                             f"got {value!r}.") from None
+        if isinstance(converted, float) and not math.isfinite(converted):
+            raise ValueError(f"{self.flag_name} must be a finite number, got {value!r}.")
+        if self.minimum is not None and converted < self.minimum:
+            raise ValueError(f"{self.flag_name} must be a finite number >= {self.minimum:g}, got {value!r}.")
+        if self.maximum is not None and converted > self.maximum:
+            raise ValueError(f"{self.flag_name} must be <= {self.maximum:g}, got {value!r}.")
+        return converted
+
+
+def weight_hyperparameter(default):
+    """λ of a method, the weight of its extra terms (`loss_weight` on the command line,
+    shared by every method; each class's docstring cites its equation).
+
+    Example:
+      weight_hyperparameter(0.5)  # OE's λ
+    """
+    return Hyperparameter("weight", default, "λ, the weight of the method's extra terms.",
+                          flag="loss_weight", minimum=0.0)
+
+
 def _check_weight(name, value):
     value = float(value)
     if not math.isfinite(value) or value < 0:
@@ -111,8 +175,9 @@ class OODLoss:
 
     Example:
       class MyLoss(OODLoss):
-          def terms(self, labels, outputs_in, outputs_out=None): ...
-      register("mine", MyLoss, default_head="linear", default_score="msp")
+          default_head, default_score = "linear", "msp"
+          def extra_terms(self, labels, outputs_in, outputs_out): ...
+      register("mine", MyLoss)
     """
 
     uses_outliers = True
@@ -121,15 +186,34 @@ class OODLoss:
     default_head = "linear"
     default_score = "msp"
     display_name = None
+    # The method's hyperparameters (`Hyperparameter`s); None: read from the constructor's
+    # arguments and defaults, each its own flag (λ `loss_weight`), without help text.
+    hyperparameter_specs = None
+
+    @classmethod
+    def declared_hyperparameters(cls):
+        """The method's `Hyperparameter`s: `hyperparameter_specs`, or, for a class that
+        declares none, one per constructor argument with its default.
+
+        Example:
+          [h.flag_name for h in EnergyLoss.declared_hyperparameters()]
+          # ['loss_weight', 'margin_in', 'margin_out']
+        """
+        if cls.hyperparameter_specs is not None:
+            return tuple(cls.hyperparameter_specs)
+        return tuple(
+            weight_hyperparameter(value) if key == "weight"
+            else Hyperparameter(key, value)
+            for key, value in cls().get_config().items() if key != "name")
 
     @classmethod
     def hyperparameters(cls):
-        """{name: default} of the constructor's arguments other than `name` (its config).
+        """{argument: default} of the method's hyperparameters.
 
         Example:
           EnergyLoss.hyperparameters()  # {'weight': 0.1, 'margin_in': -23.0, 'margin_out': -5.0}
         """
-        return {key: value for key, value in cls().get_config().items() if key != "name"}
+        return {h.argument: h.default for h in cls.declared_hyperparameters()}
 
     def __init__(self, weight=None, name=None):
         self.weight = _check_weight("weight (lambda)", self.default_weight if weight is None else weight)
@@ -215,6 +299,7 @@ class CrossEntropyLoss(OODLoss):
 
     uses_outliers = False
     display_name = "Plain"
+    hyperparameter_specs = ()
 
     def __init__(self, name=None):
         super().__init__(weight=0.0, name=name)
@@ -240,6 +325,7 @@ class OutlierExposureLoss(OODLoss):
     term_names = ("ce", "out_term")
     default_weight = 0.5
     display_name = "OE"
+    hyperparameter_specs = (weight_hyperparameter(0.5),)
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         if outputs_out is None:
@@ -265,6 +351,12 @@ class EnergyLoss(OODLoss):
     default_weight = 0.1
     default_score = "energy"
     display_name = "Energy"
+    hyperparameter_specs = (
+        weight_hyperparameter(0.1),
+        Hyperparameter("margin_in", -23.0, "Energy m_in, the in-distribution energy bound (CIFAR-10 "
+                       "-23, CIFAR-100 -27)."),
+        Hyperparameter("margin_out", -5.0, "Energy m_out, the outlier energy bound."),
+    )
 
     def __init__(self, weight=None, margin_in=-23.0, margin_out=-5.0, name=None):
         super().__init__(weight=weight, name=name)
@@ -300,6 +392,7 @@ class BinaryCrossEntropyLoss(OODLoss):
     term_names = ("ce", "in_term", "out_term")
     default_score = "max_logit"
     display_name = "BCE"
+    hyperparameter_specs = (weight_hyperparameter(0.03),)
 
     def __init__(self, weight=None, name=None):
         if weight is None:
@@ -344,6 +437,13 @@ class InDistributionCompatibleLoss(OODLoss):
     default_head = "gaussian"
     default_score = "ice"
     display_name = "ICE"
+    hyperparameter_specs = (
+        weight_hyperparameter(0.03),
+        Hyperparameter("in_term_weight", 1.0, "ICE: relative weight a of the in-distribution term, "
+                       "CE + λ·(a·in_term + b·out_term); the paper's a = 1.", minimum=0.0),
+        Hyperparameter("out_term_weight", 1.0, "ICE, ICE⁻: relative weight b of the outlier term; "
+                       "the paper's b = 1; 0 leaves the in-distribution term alone.", minimum=0.0),
+    )
 
     def __init__(self, weight=None, in_term_weight=1.0, out_term_weight=1.0, name=None):
         super().__init__(weight=weight, name=name)
@@ -379,6 +479,8 @@ class IceMinusLoss(InDistributionCompatibleLoss):
 
     term_names = ("ce", "out_term")
     display_name = "ICE⁻"
+    hyperparameter_specs = tuple(h for h in InDistributionCompatibleLoss.hyperparameter_specs
+                                 if h.argument != "in_term_weight")
 
     def __init__(self, weight=None, out_term_weight=1.0, name=None):
         super().__init__(weight=weight, in_term_weight=0.0, out_term_weight=out_term_weight,
@@ -404,8 +506,9 @@ class MethodSpec:
       default_head: "linear" (Eq. 0.1) or "gaussian" (Eq. 0.11).
       default_score: the `ice_tf.scores` name it is evaluated with.
       uses_outliers: whether it trains on auxiliary outliers.
-      hyperparameters: {name: default} of its constructor (read-only).
+      hyperparameters: {argument: default} of its hyperparameters (read-only).
       term_names: the loss components it reports.
+      hyperparameter_specs: its `Hyperparameter`s (flag, type, bounds, help).
 
     Example:
       spec("energy").hyperparameters  # {"weight": 0.1, "margin_in": -23.0, "margin_out": -5.0}
@@ -419,6 +522,7 @@ class MethodSpec:
     uses_outliers: bool
     hyperparameters: types.MappingProxyType
     term_names: tuple
+    hyperparameter_specs: tuple = ()
 
 
 LOSSES = {}
@@ -445,6 +549,18 @@ def register(name, loss_class):
             f"{loss_class.__name__}.default_score must be one of {', '.join(scores.names())}; "
             f"got {loss_class.default_score!r}."
         )
+    declared = loss_class.declared_hyperparameters()
+    arguments = {h.argument for h in declared}
+    if len(arguments) != len(declared):
+        raise ValueError(f"{loss_class.__name__} declares a hyperparameter twice.")
+    for hyperparameter in declared:
+        for other, other_class in LOSSES.items():
+            known = next((h for h in other_class.declared_hyperparameters()
+                          if h.flag_name == hyperparameter.flag_name), None)
+            if other != name and known is not None and known.kind is not hyperparameter.kind:
+                raise ValueError(
+                    f"{loss_class.__name__}: flag --{hyperparameter.flag_name} is {known.kind.__name__} "
+                    f"for loss {other!r}; give the hyperparameter another flag= name.")
     LOSSES[name] = loss_class
     _REVERSE_REGISTRY[loss_class] = name
     return loss_class
@@ -488,7 +604,23 @@ def spec(name):
         uses_outliers=loss_class.uses_outliers,
         hyperparameters=types.MappingProxyType(loss_class.hyperparameters()),
         term_names=tuple(loss_class.term_names),
+        hyperparameter_specs=loss_class.declared_hyperparameters(),
     )
+
+
+def hyperparameter_flags():
+    """{flag: [(method, Hyperparameter), ...]} over every registered method: the
+    hyperparameter flags of the config and the command line.
+
+    Example:
+      sorted(hyperparameter_flags())
+      # ['in_term_weight', 'loss_weight', 'margin_in', 'margin_out', 'out_term_weight']
+    """
+    found = {}
+    for name in names():
+        for hyperparameter in LOSSES[name].declared_hyperparameters():
+            found.setdefault(hyperparameter.flag_name, []).append((name, hyperparameter))
+    return found
 
 
 def display_name(name):
@@ -525,6 +657,9 @@ __all__ = [
     "IceMinusLoss",
     "LOSSES",
     "MethodSpec",
+    "Hyperparameter",
+    "weight_hyperparameter",
+    "hyperparameter_flags",
     "HEADS",
     "get",
     "names",

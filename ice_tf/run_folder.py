@@ -459,8 +459,19 @@ def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
     from ice_tf.config import ExperimentConfig, upgrade_dict
 
     defaults = ExperimentConfig().to_dict()
-    earlier = json.loads(json.dumps({**defaults, **upgrade_dict(earlier, stored=True)}))
-    current = json.loads(json.dumps({**defaults, **current}))
+
+    def effective(values):
+        # Method hyperparameters at their effective values: an older folder that left
+        # them unset ran with the defaults, which `resolved` fills in.
+        values = {**defaults, **values}
+        try:
+            values = ExperimentConfig.from_dict(values).resolved().to_dict()
+        except (ValueError, TypeError):
+            pass  # a method this process does not know: compared as stored
+        return json.loads(json.dumps(values))
+
+    earlier = effective(upgrade_dict(earlier, stored=True))
+    current = effective(current)
     fields = sorted((set(earlier) | set(current)) - set(ignore))
     return [f"{field}: {earlier.get(field)!r} there, {current.get(field)!r} here"
             for field in fields if earlier.get(field) != current.get(field)]

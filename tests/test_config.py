@@ -37,18 +37,19 @@ def test_round_trip_through_json():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"loss": "focal"}, "choose one of: bce, ce, energy, ice, ice_minus, oe"),
+        ({"loss": "focal"}, "choose one of: bce, ce, energy, ice, ice_minus, oe, or register "
+                            "your own in a module and name it with --import=MODULE"),
         ({"backbone": "vit"}, "densenet40_12, small_cnn, wrn16_2, wrn16_4, wrn34_10, wrn40_2"),
         ({"in_dataset": "gaussian"}, "no labels"),
         ({"outlier_dataset": None}, "needs outliers"),
         ({"batch_in": 0}, "batch_in must be >= 1"),
         ({"learning_rate": -0.1}, "learning_rate"),
-        ({"loss_weight": -1.0}, "lambda"),
+        ({"loss_weight": -1.0}, "loss_weight must be a finite number >= 0, got -1.0"),
         ({"dropout_rate": 1.0}, "dropout_rate"),
         ({"ood_datasets": ("svhn", "svhn")}, "unique"),
         ({"protocol": "openood"}, "choose one of: oe, full"),
         ({"loss": "oe", "margin_in": -23.0}, r"margin_in does not apply to loss='oe' \(its "
-                                             r"hyperparameters: weight\); unset margin_in"),
+                                             r"hyperparameters: loss_weight\); unset margin_in"),
         ({"loss": "ce", "loss_weight": 0.5}, "loss_weight does not apply to loss='ce'"),
         ({"loss": "oe", "in_term_weight": 0.5}, "in_term_weight does not apply to loss='oe'"),
         ({"loss": "ice_minus", "in_term_weight": 0.5}, "in_term_weight does not apply"),
@@ -72,6 +73,28 @@ def test_for_loss_unsets_the_method_fields_another_method_does_not_take():
     assert shared.for_loss("ice").margin_in is None
     assert shared.for_loss("ce").loss_kwargs() == {} and shared.for_loss("ce").loss_weight is None
     assert shared.for_loss("energy") == shared
+
+
+def test_hyperparameters_are_the_method_s_own_and_recorded_at_their_effective_values():
+    config = ExperimentConfig(loss="energy", margin_in=-27.0)
+    assert config.options == {"margin_in": -27.0} and config.margin_out is None
+    resolved = config.resolved()
+    assert resolved.options == {"loss_weight": 0.1, "margin_in": -27.0, "margin_out": -5.0}
+    assert resolved.to_dict()["method_options"] == resolved.options
+    assert ExperimentConfig.from_dict(resolved.to_dict()) == resolved
+    # A config.json of the flat fields reads as today's options.
+    legacy = {**ExperimentConfig(loss="oe").to_dict(), "loss_weight": 0.3, "margin_in": None}
+    del legacy["method_options"]
+    assert ExperimentConfig.from_dict(legacy).options == {"loss_weight": 0.3}
+    with pytest.raises(ValueError, match="temperature: no registered method has such a hyperparameter"):
+        ExperimentConfig(method_options={"temperature": 1.0}).validate()
+
+
+def test_each_declared_hyperparameter_is_its_constructor_s_default():
+    for name in losses.names():
+        constructed = {key: value for key, value in losses.LOSSES[name]().get_config().items()
+                       if key != "name"}
+        assert losses.spec(name).hyperparameters == constructed, name
 
 
 def test_the_method_spec_decides_head_and_score():

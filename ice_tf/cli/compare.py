@@ -5,7 +5,8 @@
   ice-tf compare --flagfile=demo --methods= \\
       --variant=ice_0.1:loss=ice,loss_weight=0.1 --variant=ice_1:loss=ice,loss_weight=1
 
-Method hyperparameter flags (--loss_weight, --margin_in, --margin_out) apply to the
+Method hyperparameter flags (--loss_weight, --margin_in, ..., and those of an --import
+module's loss) apply to the
 methods that take them and are unset for the others (a note says which); a
 --variant that sets one for a method without it is refused.
 
@@ -27,7 +28,6 @@ from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
 from ice_tf import evaluation, experiment, ownership, run_folder  # noqa: E402
-from ice_tf.config import METHOD_FIELDS  # noqa: E402
 
 FLAGS = flags.FLAGS
 # What compare writes into --output_dir beside the run folders (replaced only when ice-tf's).
@@ -100,8 +100,7 @@ def main(argv):
     configs = {}
     for label, overrides in variants.items():
         method_base = shared.for_loss(overrides.get("loss", shared.loss))
-        unset = [field for field in METHOD_FIELDS
-                 if getattr(shared, field) is not None and getattr(method_base, field) is None]
+        unset = [flag for flag in shared.options if flag not in method_base.options]
         if unset:
             print(f"note: {', '.join(unset)} unset for {label} (not a hyperparameter of "
                   f"{method_base.loss})")
@@ -137,7 +136,7 @@ def main(argv):
         try:
             results[label].append(experiment.run(
                 config, overwrite=overwrite,
-                files={run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config)}))
+                files={run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config.resolved())}))
         except FloatingPointError as error:  # a diverged run is a result too
             print(f"    {label}, seed {seed}: {error}")
             diverged.setdefault(label, []).append(seed)

@@ -38,16 +38,8 @@ HELP = {
     "data_dir": "TFDS data_dir holding prepared datasets.",
     "download": "Let TFDS download missing datasets (needs internet).",
     "limit_train": "Use only this many in-distribution training images (quick runs).",
-    "loss": f"Training loss (the method): {_METHODS}.",
-    "loss_weight": "λ, the weight of the OOD terms; unset = the loss's default. "
-                   "Methods with a λ: " + ", ".join(
-                       n for n in losses.names() if "weight" in losses.spec(n).hyperparameters),
-    "margin_in": "Energy loss m_in (CIFAR-10 -23, CIFAR-100 -27); unset = default. Energy only.",
-    "margin_out": "Energy loss m_out; unset = default (-5). Energy only.",
-    "in_term_weight": "ICE: relative weight a of the in-distribution term, "
-                      "CE + λ·(a·in_term + b·out_term); unset = 1 (the paper's).",
-    "out_term_weight": "ICE, ICE⁻: relative weight b of the outlier term; unset = 1 (the "
-                       "paper's); 0 leaves the in-distribution term alone.",
+    "loss": f"Training loss (the method): {_METHODS}; a method registered in an --import "
+            "module too.",
     "head_init": "Gaussian head, scratch schedule: random (N(0, 0.05²) means, L = I), "
                  "class_means (the first batches' class means, L = I) or features (those "
                  "means and their tied covariance; diverged at the demo's lr).",
@@ -111,8 +103,8 @@ HELP = {
 GROUPS = {
     "data": ("in_dataset", "outlier_dataset", "outlier_path", "outlier_exclude_path",
              "ood_datasets", "data_dir", "download", "limit_train"),
-    "method": ("loss", "loss_weight", "margin_in", "margin_out", "in_term_weight",
-               "out_term_weight", "head", "head_init", "head_learning_rate_scale",
+    # The method's hyperparameter flags follow "loss" (`group_members`).
+    "method": ("import", "loss", "head", "head_init", "head_learning_rate_scale",
                "head_weight_decay", "score", "outlier_batchnorm", "backbone", "dropout_rate"),
     "schedule": ("schedule", "init_checkpoint", "epochs", "learning_rate", "min_learning_rate",
                  "momentum", "weight_decay", "batch_in", "batch_out", "augment", "seed",
@@ -123,13 +115,32 @@ GROUPS = {
 }
 
 
+# Config fields that are no flag of their own: the hyperparameters have one flag each
+# (`define_hyperparameter_flags`), the imports one repeatable --import (`runner`).
+NOT_FLAGS = ("method_options", "imports")
+
+
+def group_members(group):
+    """The flags of a `GROUPS` section in --helpshort's order; "method" holds every
+    registered method's hyperparameter flags after "loss".
+
+    Example:
+      group_members("method")[:3]  # ('import', 'loss', 'in_term_weight')
+    """
+    members = GROUPS[group]
+    if group != "method":
+        return members
+    at = members.index("loss") + 1
+    return (*members[:at], *sorted(losses.hyperparameter_flags()), *members[at:])
+
+
 def group_of(name):
     """The `GROUPS` section of a flag, or None for a command's own flags.
 
     Example:
       group_of("loss_weight")  # 'method'
     """
-    return next((group for group, names in GROUPS.items() if name in names), None)
+    return next((group for group in GROUPS if name in group_members(group)), None)
 
 
 def _base_type(field_type):
@@ -151,7 +162,7 @@ def define_flags(exclude=(), flag_values=flags.FLAGS):
     """
     types = _field_types()
     for field in dataclasses.fields(ExperimentConfig):
-        if field.name in exclude:
+        if field.name in exclude or field.name in NOT_FLAGS:
             continue
         kind, default, help_text = types[field.name], field.default, HELP[field.name]
         if kind is bool:
@@ -167,10 +178,43 @@ def define_flags(exclude=(), flag_values=flags.FLAGS):
     if "mixed_precision" not in exclude:  # the boolean that --precision replaced
         flags.DEFINE_bool("mixed_precision", False, "Same as --precision=mixed_float16 (older "
                           "flag files).", flag_values=flag_values)
+    define_hyperparameter_flags(flag_values)
+
+
+def hyperparameter_help(flag):
+    """--helpshort's text of a method hyperparameter flag: its help, the methods that
+    take it and each one's default.
+
+    Example:
+      hyperparameter_help("margin_in")  # 'Energy m_in, ... Methods: energy (-23); unset = ...'
+    """
+    taken = losses.hyperparameter_flags()[flag]
+    text = next((h.help for _, h in taken if h.help), f"{flag} of {taken[0][0]}.")
+    methods = ", ".join(f"{method} ({h.default:g})" for method, h in taken)
+    return f"{text} Methods (default): {methods}; unset = the method's default."
+
+
+def define_hyperparameter_flags(flag_values=flags.FLAGS):
+    """One flag per method hyperparameter of every registered loss (`ice_tf.losses.Hyperparameter`),
+    unset by default (the method's own default applies). A loss registered later (an
+    --import module) gets its flags when the command defines its flags after the import.
+
+    Example:
+      define_hyperparameter_flags()  # --loss_weight, --margin_in, ..., and a user loss's own
+    """
+    for flag, taken in sorted(losses.hyperparameter_flags().items()):
+        if flag in flag_values:
+            continue
+        if flag in _field_types():
+            raise ValueError(f"loss {taken[0][0]!r}: hyperparameter flag --{flag} is a config "
+                             "field already; declare the hyperparameter with another flag= name.")
+        define = flags.DEFINE_integer if taken[0][1].kind is int else flags.DEFINE_float
+        define(flag, None, hyperparameter_help(flag), flag_values=flag_values)
 
 
 def _config_from_values(values):
-    values = {k: v for k, v in values.items() if k in _field_types()}
+    names = set(_field_types()) | set(losses.hyperparameter_flags())
+    values = {k: v for k, v in values.items() if k in names}
     for key, value in values.items():
         if isinstance(value, list):
             values[key] = tuple(v for v in value if v)
@@ -188,8 +232,10 @@ def config_from_flags(flag_values=flags.FLAGS, shared_among_methods=False, **ove
     Example:
       config = config_from_flags(flags.FLAGS, epochs=1)
     """
-    names = _field_types()
+    names = [*_field_types(), *losses.hyperparameter_flags()]
     values = {name: flag_values[name].value for name in names if name in flag_values}
+    if "import" in flag_values:
+        values["imports"] = tuple(flag_values["import"].value or ())
     if "mixed_precision" in flag_values and flag_values["mixed_precision"].value:
         if values.get("precision", "auto") not in ("auto", "mixed_float16"):
             raise ValueError(f"--mixed_precision means --precision=mixed_float16, which "
@@ -224,29 +270,29 @@ def flag_message(message, flag_values=flags.FLAGS):
 
 
 def applicable_fields(config):
-    """The config fields that matter to `config`'s method: all but the method
-    hyperparameters (`config.METHOD_FIELDS`) that its loss does not take.
+    """The config fields and hyperparameter flags that matter to `config`'s method: every
+    field but the hyperparameters its loss does not take.
 
     Example:
       "margin_in" in applicable_fields(ExperimentConfig(loss="ice"))  # False
     """
-    from ice_tf.config import METHOD_FIELDS
-
-    taken = config.method.hyperparameters
-    return [name for name in _field_types()
-            if name not in METHOD_FIELDS or METHOD_FIELDS[name] in taken]
+    taken = [h.flag_name for h in config.method.hyperparameter_specs]
+    return [name for name in _field_types() if name not in NOT_FLAGS] + taken
 
 
 def to_flagfile(config):
     """A flag file that re-runs `config` (absl syntax: no quoting, no trailing comments),
-    with only the flags that apply to its method (`applicable_fields`).
+    with only the flags that apply to its method (`applicable_fields`): --import lines
+    first, so that a user's method is registered before its flags are read.
 
     Example:
-      open("flags.txt", "w").write(to_flagfile(config))
+      open("flags.txt", "w").write(to_flagfile(config.resolved()))
     """
-    lines = []
+    lines = [f"--import={module}" for module in config.imports]
     applicable = set(applicable_fields(config))
-    for key, value in config.to_dict().items():
+    values = {key: value for key, value in config.to_dict().items() if key not in NOT_FLAGS}
+    values.update(config.options)
+    for key, value in values.items():
         if value is None or key not in applicable:
             continue
         if isinstance(value, bool):
@@ -264,7 +310,8 @@ def parse_overrides(text):
     Example:
       parse_overrides("loss=ice,loss_weight=0.1")  # {"loss": "ice", "loss_weight": 0.1}
     """
-    types = _field_types()
+    types = {name: kind for name, kind in _field_types().items() if name not in NOT_FLAGS}
+    types.update({flag: taken[0][1].kind for flag, taken in losses.hyperparameter_flags().items()})
     overrides = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, raw = item.partition("=")

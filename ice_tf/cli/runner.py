@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 import textwrap
 
@@ -72,7 +74,8 @@ def grouped_help(flag_values, doc="", command=""):
     for group, members in sections.items():
         if members:
             parts.append(f"{group} flags:")
-            ordered = sorted(members, key=lambda f: experiment_flags.GROUPS[group].index(f.name))
+            order = experiment_flags.group_members(group)
+            ordered = sorted(members, key=lambda f: order.index(f.name))
             parts += [_describe(flag) for flag in ordered]
             parts.append("")
     parts.append("Flag files: --flagfile=PATH or a shipped name (demo, method/ice, ...); "
@@ -114,8 +117,50 @@ def run(main, doc="", argv=None, command=None):
             flags_parser=lambda args: parse(args, flags.FLAGS, doc, command))
 
 
+IMPORTS_ENV = "ICE_TF_IMPORTS"
+IMPORT_FLAG = "import"
+
+
+def modules_to_import(argv, environ=None):
+    """The modules a command imports before it defines its flags: each `--import=MODULE`
+    of `argv` (flag files expanded) and those of $ICE_TF_IMPORTS (comma separated).
+
+    Example:
+      modules_to_import(["ice-tf train", "--import=my_losses", "--loss=squared_oe"])
+      # ['my_losses']
+    """
+    environ = os.environ if environ is None else environ
+    found = [name.strip() for name in environ.get(IMPORTS_ENV, "").split(",") if name.strip()]
+    argv = list(argv)
+    for index, arg in enumerate(argv):
+        if arg.startswith(f"--{IMPORT_FLAG}="):
+            found.append(arg.split("=", 1)[1])
+        elif arg == f"--{IMPORT_FLAG}" and index + 1 < len(argv):
+            found.append(argv[index + 1])
+    return list(dict.fromkeys(name for name in found if name))
+
+
+def import_user_modules(modules):
+    """Imports `modules` (the current directory first on the path, as `python -m` has it),
+    so that what they register (a loss with its hyperparameters, a backbone, a dataset)
+    is known before the flags are defined. A module that fails is one `error:` line.
+
+    Example:
+      import_user_modules(["my_losses"])  # then --loss=squared_oe is a choice
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001  (a user's module can raise anything)
+            _fail(f"--import={module}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+                  "(a module on the Python path, e.g. my_losses for ./my_losses.py)")
+
+
 def command(define_flags, main, doc):
-    """A command module's `run(argv=None)`: defines its flags (once), then `run`s `main`.
+    """A command module's `run(argv=None)`: imports the user's modules (`--import`,
+    $ICE_TF_IMPORTS), defines its flags (once), then `run`s `main`.
 
     Example:
       run = runner.command(define_flags, main, __doc__)   # in ice_tf/cli/train.py
@@ -123,6 +168,17 @@ def command(define_flags, main, doc):
     """
 
     def run_command(argv=None):
+        argv = list(sys.argv if argv is None else argv)
+        try:
+            expanded = flagfiles.expand(argv)
+        except flagfiles.FlagFileError as error:
+            _fail(str(error))
+        import_user_modules(modules_to_import(expanded))
+        if IMPORT_FLAG not in flags.FLAGS:
+            flags.DEFINE_multi_string(
+                IMPORT_FLAG, [], "A Python module to import first (repeatable; also "
+                f"${IMPORTS_ENV}, comma separated): a loss it registers is a --loss choice with "
+                "its own hyperparameter flags.")
         define_flags()
         run(main, doc, argv)
 
@@ -131,4 +187,5 @@ def command(define_flags, main, doc):
     return run_command
 
 
-__all__ = ["run", "command", "parse", "grouped_help", "HELP_ARGS"]
+__all__ = ["run", "command", "parse", "grouped_help", "HELP_ARGS", "modules_to_import",
+           "import_user_modules", "IMPORTS_ENV"]

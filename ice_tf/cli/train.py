@@ -49,7 +49,7 @@ def main(argv):
         print("dry run OK: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
         return
     results = experiment.run(config, overwrite=FLAGS.overwrite,
-                             files={run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config)})
+                             files={run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config.resolved())})
     print()
     print(evaluation.results_markdown(results, title=f"{config.loss} on {config.in_dataset}"))
     print(f"Run folder: {config.output_dir}")

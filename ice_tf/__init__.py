@@ -30,7 +30,7 @@ import sys
 
 # Modules that work without TensorFlow (numpy, the config, run folders, the command line).
 WITHOUT_TENSORFLOW = ("atomic_io", "calibration", "cli", "config", "metrics", "ownership", "precision",
-                      "run_folder")
+                      "run_folder", "run_lock")
 TENSORFLOW_MISSING = (
     'ice-tf needs TensorFlow, which is not installed: pip install "ice-tf[cpu]" '
     '(or "ice-tf[gpu]" for NVIDIA GPUs)')
@@ -60,7 +60,7 @@ if not _tensorflow_installed():
 _SUBMODULES = (
     "analysis", "atomic_io", "backbones", "calibration", "callbacks", "cli", "config", "data",
     "detectors", "distribute", "evaluation", "experiment", "export", "gda", "layers", "losses",
-    "metrics", "models", "ownership", "plotting", "report", "run_data", "run_folder", "scores", "toy",
+    "metrics", "models", "ownership", "plotting", "report", "run_data", "run_folder", "run_lock", "scores", "toy",
 )
 
 

@@ -42,14 +42,15 @@ ANALYSIS_DIR = run_folder.ANALYSIS_DIR
 
 
 def analysis_path(run_dir, name):
-    """<run_dir>/analysis/<name>.jsonl, the file the analysis `name` appends to.
+    """<run_dir>/analysis/<name>.jsonl, the file the analysis `name` appends to
+    (`ice_tf.run_folder.analysis_path`, for a known analysis only).
 
     Example:
       analysis_path("runs/demo/ice/seed1", "shift")  # .../analysis/shift.jsonl
     """
     if name not in ANALYSES:
         raise ValueError(f"Unknown analysis {name!r}; valid analyses: {', '.join(ANALYSES)}.")
-    return os.path.join(run_dir, ANALYSIS_DIR, f"{name}.jsonl")
+    return run_folder.analysis_path(run_dir, name)
 
 
 # ------------------------------------------------------------ contradictory gradient
@@ -250,14 +251,7 @@ def confidence_summary(confidence, quantiles=CONFIDENCE_QUANTILES):
 
 
 # -------------------------------------------------------------------------------- I/O
-def read_jsonl(path):
-    """The JSON records of a .jsonl file, one per line (blank lines skipped).
-
-    Example:
-      records = read_jsonl("runs/demo/ice/seed1/analysis/shift.jsonl")
-    """
-    with open(path) as stream:
-        return [json.loads(line) for line in stream if line.strip()]
+read_jsonl = run_folder.read_jsonl  # the one kill-tolerant JSON-lines reader
 
 
 def read_analyses(run_dir):

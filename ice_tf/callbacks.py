@@ -76,22 +76,7 @@ def strict_json(value):
     return value
 
 
-def read_records(path):
-    """The records of a .jsonl file, up to a line cut by a kill ([] when missing).
-
-    Example:
-      [record["epoch"] for record in read_records("runs/ice/metrics.jsonl")]  # [1, 2, 3]
-    """
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as stream:
-        for line in stream:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                break  # a line cut by a kill, and nothing valid after it
-    return records
+read_records = folder_lib.read_jsonl  # the one kill-tolerant JSON-lines reader
 
 
 def keep_records(path, last_epoch):
@@ -241,25 +226,15 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             state["metrics"] = record
         last = folder_lib.path(self.folder, folder_lib.LAST_STATE)
         previous = folder_lib.path(self.folder, folder_lib.PREVIOUS_STATE)
-        if _read_state(last):
+        if folder_lib.read_checkpoint_state(self.folder, folder_lib.LAST_STATE):
             os.replace(last, previous)
         atomic_io.write_atomic(last, json.dumps(state) + "\n")
-        keep = {weights_name, (_read_state(previous) or {}).get("weights")}
+        keep = {weights_name, (folder_lib.read_checkpoint_state(
+            self.folder, folder_lib.PREVIOUS_STATE) or {}).get("weights")}
         for name in os.listdir(directory):
             if name.endswith(".weights.h5") and name.startswith("epoch-") and name not in keep:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(directory, name))
-
-
-def _read_state(state_path):
-    try:
-        with open(state_path) as stream:
-            state = json.load(stream)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or not {"epoch", "weights", "iterations"} <= set(state):
-        return None
-    return state
 
 
 def _weights_damage(weights_path):
@@ -292,7 +267,7 @@ def usable_state(folder, warn=True):
         state_path = folder_lib.path(folder, name)
         if not os.path.exists(state_path):
             continue
-        state = _read_state(state_path)
+        state = folder_lib.read_checkpoint_state(folder, name)
         damage = "it is not a readable state" if state is None else _weights_damage(
             folder_lib.path(folder, os.path.join(folder_lib.CHECKPOINTS_DIR, state["weights"])))
         if damage is None:

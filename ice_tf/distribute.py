@@ -38,7 +38,7 @@ def cluster_resolver():
         port = int(os.environ.get("ICE_TF_SLURM_PORT_BASE", SLURM_PORT_BASE))
         return tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=port)
     raise ValueError("strategy='multi_worker' needs a cluster: set TF_CONFIG on every worker "
-                     "(BUILD.md, \"Several machines\") or start one task per worker with srun "
+                     "(docs/guide.md, \"Several machines\") or start one task per worker with srun "
                      "inside a Slurm allocation.")
 
 

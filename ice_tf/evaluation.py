@@ -1,6 +1,6 @@
 """OOD evaluation: scores on in-distribution and OOD sets, metrics, Table-style reports.
 
-Protocols (`ice_tf.config.PROTOCOLS`; BUILD.md, Decisions):
+Protocols (`ice_tf.config.PROTOCOLS`; docs/design.md):
   "oe"    all in-distribution test images against len(ID test) / 5 OOD images drawn
           at random, 10 draws, mean ± std (Outlier Exposure and Energy; the paper's tables);
   "full"  every image once (OpenOOD).

@@ -221,16 +221,15 @@ def load_run(run_dir, **overrides):
     Example:
       model, config, model_path = load_run("runs/demo/ice/seed1", protocol="full")
     """
-    config_path = folder_lib.path(run_dir, folder_lib.CONFIG_FILE)
     model_path = folder_lib.path(run_dir, folder_lib.MODEL_FILE)
-    for path in (config_path, model_path):
-        if not os.path.exists(path):
+    stored = folder_lib.read_config(run_dir)
+    for name, present in ((folder_lib.CONFIG_FILE, stored is not None),
+                          (folder_lib.MODEL_FILE, os.path.exists(model_path))):
+        if not present:
             raise FileNotFoundError(
-                f"{run_dir} is not a finished run folder (no {os.path.basename(path)}); "
+                f"{run_dir} is not a finished run folder (no {name}); "
                 "train it with ice-tf train or ice-tf compare."
             )
-    with open(config_path) as stream:
-        stored = json.load(stream)
     import_modules(stored.get("imports", ()))
     config = ExperimentConfig.from_dict(stored).replace(**overrides).validate()
     return models.read_model(model_path), config, model_path
@@ -463,7 +462,7 @@ def _evaluate_and_export(config, model, out, verbose):
 
 def _total_train_seconds(out, this_process_seconds):
     """Training time over every attempt of a resumed run (metrics.jsonl's clock)."""
-    records = callbacks_lib.read_records(folder_lib.path(out, folder_lib.METRICS_FILE))
+    records = folder_lib.read_metrics(out)
     return (records[-1].get("seconds") or this_process_seconds) if records else this_process_seconds
 
 

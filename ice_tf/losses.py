@@ -423,7 +423,7 @@ class InDistributionCompatibleLoss(OODLoss):
     is clamped. Gradients: the outlier term only lowers the maximal h; the in-distribution
     terms only raise h_y and lower the other classes.
 
-    Default λ = 0.03, chosen on the embedded benchmark's validation split (BUILD.md).
+    Default λ = 0.03, chosen on the embedded benchmark's validation split (docs/design.md, "Choosing ICE's λ").
     `in_term_weight` a and `out_term_weight` b weigh the two terms apart,
     CE + λ·(a·mean_in[-h_y] + b·mean_out[...]); the paper's ICE is a = b = 1.
 

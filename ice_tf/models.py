@@ -3,9 +3,11 @@
 A model is a backbone (images -> penultimate features z), a head (linear, Eq. 0.1,
 or Gaussian, Eq. 0.11) and, at compile time, a loss from `ice_tf.losses`.
 `train_step` takes `((x, y), x_outliers)` batches (or `(x, y)` for losses without
-outliers), runs ONE forward pass over the concatenation of in-distribution images
-and outliers, so that BatchNorm sees both as in the reference code, and splits
-the outputs for the loss.
+outliers) and meets BatchNorm as `compile(outlier_batchnorm=...)` says: "joint", one
+forward pass over the concatenation of in-distribution images and outliers, as the
+reference code does (the default for a linear head); "separate", the outliers in a
+pass of their own with their own batch statistics (the default for a Gaussian head);
+or "frozen". The outputs are split for the loss.
 
 Example:
   backbone = ice_tf.backbones.get("small_cnn", (28, 28, 1))
@@ -171,7 +173,7 @@ def _label_errors_as_value_errors():
 
 
 # Covariance ridge of the fine-tune head fit, relative to the mean variance: with 1%
-# or 10%, fine-tuning ICE from a barely trained model diverged (BUILD.md, Decisions).
+# or 10%, fine-tuning ICE from a barely trained model diverged (docs/design.md).
 FINETUNE_RIDGE = 1.0
 
 DIVERGENCE_REMEDY = (
@@ -273,7 +275,7 @@ def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RID
       model: an `OODModel` with a Gaussian head.
       train_dataset: batches `((x, y), x_outliers)` or `(x, y)`, as training sees them.
       num_batches: how many batches to use; None: the whole (finite) dataset.
-      ridge: added to the covariance, relative to its mean variance (BUILD.md, Decisions).
+      ridge: added to the covariance, relative to its mean variance (docs/design.md).
       means_only: only the means, to the class means; L is left as it is.
 
     Example:

@@ -48,11 +48,11 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import time
 import warnings
 
 import numpy as np
+
+from ice_tf.run_lock import LOCK_FILE, RunFolderError, RunLock  # noqa: F401  (part of the contract)
 
 RUN_MARKER = "ice-tf-run.json"
 FLAGS_FILE = "flags.txt"
@@ -65,7 +65,6 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINTS_DIR = "checkpoints"
 LAST_STATE = os.path.join(CHECKPOINTS_DIR, "last.json")  # epoch, step, random state
 PREVIOUS_STATE = os.path.join(CHECKPOINTS_DIR, "previous.json")  # the state before it, kept
-LOCK_FILE = "run.lock"
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 SCORES_FILE = "scores.npz"
@@ -181,132 +180,6 @@ def is_finished(folder):
 
 
 # ------------------------------------------------------------ run contract
-class RunFolderError(RuntimeError):
-    """A run folder refuses the run; the message says why and how to proceed.
-
-    Example:
-      try:
-          check_folder("runs/x", config.to_dict(), overwrite=False)
-      except RunFolderError as error:
-          print(error)  # runs/x holds a finished run; pass --overwrite ...
-    """
-
-
-def _process_start(pid):
-    """The start time of process `pid` in clock ticks since boot (Linux), else None: with
-    the pid it tells a lock's holder from a later process that reuses its pid."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as stream:
-            return int(stream.read().rpartition(")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _process_alive(pid, started_ticks=None):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    if started_ticks is not None:
-        now = _process_start(pid)
-        return now is None or now == started_ticks  # another start: the pid was reused
-    return True
-
-
-class RunLock:
-    """Exclusive use of a run folder: run.lock holds the pid, host and start time.
-
-    A second process is refused at once, with the holder named. A lock left by a
-    process that is no longer running on this host is taken over with a warning; on
-    another host the lock cannot be checked: remove run.lock once that run is gone.
-
-    Example:
-      with RunLock("runs/ice"):
-          ...  # write the folder
-    """
-
-    STALE_EMPTY_SECONDS = 30  # a lock file still empty after this was left by a kill
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.path = path(folder, LOCK_FILE)
-        self._held = False
-
-    def _holder(self):
-        try:
-            with open(self.path) as stream:
-                text = stream.read()
-            return json.loads(text) if text.strip() else {}
-        except (OSError, ValueError):
-            return {}
-
-    def _is_stale(self, holder):
-        if not holder:
-            with contextlib.suppress(OSError):
-                return time.time() - os.path.getmtime(self.path) > self.STALE_EMPTY_SECONDS
-            return True
-        return holder.get("host") == socket.gethostname() and not _process_alive(
-            int(holder.get("pid", -1)), holder.get("start_ticks"))
-
-    def is_held(self):
-        """Whether run.lock names a live process (or one on another host, unverifiable);
-        a lock left by a dead process on this host is not held."""
-        return os.path.exists(self.path) and not self._is_stale(self._holder())
-
-    def acquire(self):
-        """Takes the lock (writing run.lock), or raises RunFolderError if a live process
-        holds it or the folder cannot be written."""
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-            return self._acquire()
-        except OSError as error:
-            raise RunFolderError(
-                f"cannot write output_dir {self.folder} ({error.strerror or error}); choose a "
-                "writable output_dir.") from None
-
-    def _acquire(self):
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "start_ticks": _process_start(os.getpid())}
-        for _ in range(2):
-            try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if not self._is_stale(holder):
-                    who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
-                           f"{holder.get('started')}") if holder else "another process"
-                    raise RunFolderError(
-                        f"{self.folder} is in use by {who}; wait for that run to end or stop it "
-                        f"(a lock of a stopped run on another host: remove {self.path})."
-                    ) from None
-                warnings.warn(f"{self.folder}: taking over the lock of a run that is no longer "
-                              f"running (pid {holder.get('pid', '?')}).", stacklevel=2)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
-                continue
-            with os.fdopen(handle, "w") as stream:
-                stream.write(json.dumps(record) + "\n")
-            self._held = True
-            return self
-        raise RunFolderError(f"{self.folder}: could not take {self.path}; another run took it.")
-
-    def release(self):
-        """Gives the lock back (removes run.lock) if this process holds it."""
-        if self._held:
-            self._held = False
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc_info):
-        self.release()
-
-
 def _remove(folder, files=(), dirs=()):
     """Removes ice-tf's own entries of `folder` among `files` and `dirs` (by name; inside
     a folder only the names of `OWNED_INSIDE`, saved_model/ only as an ice-tf export);
@@ -472,6 +345,8 @@ def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
 
     earlier = effective(upgrade_dict(earlier, stored=True))
     current = effective(current)
+    if earlier.get("loss") != current.get("loss"):
+        ignore = (*ignore, "method_options")  # another method has other hyperparameters anyway
     fields = sorted((set(earlier) | set(current)) - set(ignore))
     return [f"{field}: {earlier.get(field)!r} there, {current.get(field)!r} here"
             for field in fields if earlier.get(field) != current.get(field)]
@@ -679,6 +554,104 @@ def method_of(folder):
     return None if config is None else config.get("loss")
 
 
+# ------------------------------------------------------------------ readers
+# Every read of a run folder's files goes through these (and `read_config`,
+# `load_scores`): one reader per format, one answer to a line cut by a kill.
+def read_jsonl(json_lines_path, missing_ok=True, strict=False):
+    """The records of a JSON-lines file (metrics.jsonl, the analyses), blank lines
+    skipped, up to a line cut by a kill (the records before it; a cut line can only be
+    the last one written). A missing file gives [] (FileNotFoundError unless `missing_ok`);
+    with `strict` a line that is not JSON is a ValueError (checks that want every line whole).
+
+    Example:
+      [record["epoch"] for record in read_jsonl("runs/ice/metrics.jsonl")]  # [1, 2, 3]
+    """
+    if not os.path.exists(json_lines_path) and missing_ok:
+        return []
+    records = []
+    with open(json_lines_path) as stream:
+        for line in stream:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if strict:
+                    raise ValueError(f"{json_lines_path}: a line is not JSON: {line[:80]!r}") from None
+                break  # a line cut by a kill, and nothing valid after it
+    return records
+
+
+def read_metrics(folder, strict=False):
+    """The per-epoch records of a run's metrics.jsonl ([] before the first epoch);
+    `strict`: see `read_jsonl`.
+
+    Example:
+      read_metrics("runs/demo/ice/seed1")[-1]["accuracy"]
+    """
+    return read_jsonl(path(folder, METRICS_FILE), strict=strict)
+
+
+def read_results(folder):
+    """The dict of a finished run's results.json; FileNotFoundError naming the command
+    that makes it, ValueError naming a damaged file.
+
+    Example:
+      read_results("runs/demo/ice/seed1")["mean"]["auroc"]["mean"]
+    """
+    results_path = path(folder, RESULTS_FILE)
+    if not os.path.isfile(results_path):
+        raise FileNotFoundError(f"{folder} holds no finished run (no {RESULTS_FILE}); train it "
+                                f"first, e.g. with `{DEMO_COMMAND}`.")
+    try:
+        with open(results_path) as stream:
+            return json.load(stream)
+    except ValueError as error:
+        raise ValueError(f"{results_path} is not readable JSON ({error}).") from None
+
+
+def read_evaluation(folder, file_name):
+    """{score: results} of an `ice-tf evaluate` record in a run folder (e.g.
+    evaluation-val.json, as `--output` named it).
+
+    Example:
+      read_evaluation("runs/demo/ice/seed1", "evaluation-val.json")["mahalanobis"]["accuracy"]
+    """
+    evaluation_path = path(folder, file_name)
+    try:
+        with open(evaluation_path) as stream:
+            return json.load(stream)
+    except ValueError as error:
+        raise ValueError(f"{evaluation_path} is not readable JSON ({error}).") from None
+
+
+def analysis_path(folder, name):
+    """<folder>/analysis/<name>.jsonl, the file of the training-time analysis `name`.
+
+    Example:
+      analysis_path("runs/demo/ice/seed1", "shift")  # '.../analysis/shift.jsonl'
+    """
+    return os.path.join(folder, ANALYSIS_DIR, f"{name}.jsonl")
+
+
+def read_checkpoint_state(folder, name=LAST_STATE):
+    """The training state a checkpoint file records (`LAST_STATE` or `PREVIOUS_STATE`):
+    epoch, step, weights file, iterations, random state, metrics line; None when the
+    file is missing, unreadable or lacks those fields.
+
+    Example:
+      read_checkpoint_state("runs/ice")["epoch"]  # 3
+    """
+    try:
+        with open(path(folder, name)) as stream:
+            state = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not {"epoch", "weights", "iterations"} <= set(state):
+        return None
+    return state
+
+
 # ------------------------------------------------------------- scores file
 def scores_key(label):
     """The .npz key of an OOD set's label: '%' and '/' (which npz keys cannot hold)
@@ -740,5 +713,6 @@ __all__ = [
     "config_differences", "read_config", "check_folder", "finished_with", "clear_for_training",
     "prepare_for_training", "without_timing", "path", "is_finished",
     "method_run", "parse_label_folder", "run_folders", "check_run_folders", "method_of",
-    "scores_key", "label_of_scores_key", "save_scores", "load_scores",
+    "scores_key", "label_of_scores_key", "save_scores", "load_scores", "read_jsonl", "read_metrics",
+    "read_results", "read_evaluation", "analysis_path", "read_checkpoint_state",
 ]

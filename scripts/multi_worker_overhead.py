@@ -5,7 +5,7 @@ Starts two worker processes on localhost ports (`--strategy=multi_worker`'s
 each, `--rounds` all-reduces of a float32 tensor the size of a backbone's gradients
 (WRN-40-2: 2,247,664 values, 9.0 MB), the collective every multi-worker training step
 adds to a one-device step. Prints the median per all-reduce and the implied
-bandwidth; BUILD.md's scaling estimate uses it.
+bandwidth; docs/results.md's scaling estimate uses it.
 
 Run:
   python scripts/multi_worker_overhead.py                     # WRN-40-2's gradient size

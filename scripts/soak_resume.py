@@ -22,7 +22,6 @@ Prints a table: kills injected, runs, runs finished, results lost (must be 0), a
 each check. Exit status 1 when a check fails.
 """
 
-import json
 import os
 import random
 import shutil
@@ -61,13 +60,11 @@ def _train(folder):
 
 
 def _records(folder):
-    with open(run_folder.path(folder, run_folder.METRICS_FILE)) as stream:
-        return [without_timing(json.loads(line)) for line in stream]
+    return [without_timing(record) for record in run_folder.read_metrics(folder, strict=True)]
 
 
 def _results(folder):
-    with open(run_folder.path(folder, run_folder.RESULTS_FILE)) as stream:
-        return without_timing(json.load(stream))
+    return without_timing(run_folder.read_results(folder))
 
 
 def _weights(folder):
@@ -94,8 +91,8 @@ def check_folder(folder, reference):
                                    zip(_weights(folder), reference["weights"])),
         "SavedModel loads": "serving_default" in tf.saved_model.load(
             run_folder.path(folder, run_folder.SAVED_MODEL_DIR)).signatures,
-        "one checkpoint state": sorted(os.listdir(checkpoints))
-        == ["epoch-0003.weights.h5", "last.json"],
+        "the last two checkpoint states": sorted(os.listdir(checkpoints))
+        == ["epoch-0002.weights.h5", "epoch-0003.weights.h5", "last.json", "previous.json"],
         # A kill after the last write leaves a dead process's lock: not held.
         "no live lock, no staging files": not leftovers
         and not run_folder.RunLock(folder).is_held(),

@@ -13,12 +13,13 @@ condition number of L (metrics.jsonl). Prints a markdown table; n = seeds found.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
 
 import numpy as np
+
+from ice_tf import run_folder  # no TensorFlow: the run folder's readers
 
 OWN = "own score"  # the run's own score: msp for a linear head, ice (max h) for a Gaussian one
 
@@ -36,29 +37,23 @@ def _plain_mean(values):
     return f"{np.mean(values):.3g}" if values else "–"
 
 
-def _last_record(path):
-    lines = [line for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
 def collect(runs_dir, evaluation=None):
     """{variant: [per-seed dicts]} of the finished runs under `runs_dir`."""
     table = {}
     for variant in sorted(p for p in pathlib.Path(runs_dir).iterdir() if p.is_dir()):
         for run in sorted(variant.glob("seed*")):
-            results_path = run / "results.json"
-            if not results_path.exists():
+            if not run_folder.is_finished(str(run)):
                 continue
-            results = json.loads(results_path.read_text())
+            results = run_folder.read_results(str(run))
             row = {"accuracy": results["accuracy"],
                    "scores": {OWN: results["mean"]["auroc"]["mean"]}}
             if evaluation and (run / evaluation).exists():
-                evaluated = json.loads((run / evaluation).read_text())
+                evaluated = run_folder.read_evaluation(str(run), evaluation)
                 row["accuracy"] = next(iter(evaluated.values()))["accuracy"]
                 own = results.get("score")
                 row["scores"] = {OWN if score == own else score: r["mean"]["auroc"]["mean"]
                                  for score, r in evaluated.items()}
-            metrics = _last_record(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else {}
+            metrics = (run_folder.read_metrics(str(run)) or [{}])[-1]
             row["trace"] = metrics.get("head_scale_trace")
             row["condition"] = metrics.get("head_scale_condition")
             row["train_accuracy"] = metrics.get("accuracy")

@@ -97,7 +97,7 @@ def test_the_graph_sees_imports_inside_functions():
 CORE = ("layers", "losses", "gda", "scores", "metrics", "calibration", "models", "distribute",
         "precision",
         "export", "backbones", "data", "atomic_io", "ownership")
-MACHINERY = ("config", "run_data", "run_folder", "detectors", "evaluation", "experiment",
+MACHINERY = ("config", "run_data", "run_folder", "run_lock", "detectors", "evaluation", "experiment",
              "analysis", "callbacks")
 # The user-facing top: figures, the one-call evaluation, the command line.
 FIGURES = ("toy", "plotting", "report", "cli", "__main__")

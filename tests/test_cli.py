@@ -211,7 +211,7 @@ def test_setup_lists_every_package_and_ships_the_flag_files():
 def _documented_commands():
     """Every `ice-tf <command> ...` line of README.md, BUILD.md, docs/ and the commands'
     own docstrings, with continuation lines joined."""
-    sources = [REPO / "README.md", REPO / "BUILD.md", *sorted((REPO / "docs").glob("*.md")),
+    sources = [REPO / "README.md", REPO / "BUILD.md", *sorted((REPO / "docs").rglob("*.md")),
                *sorted((REPO / "ice_tf" / "cli").glob("*.py")), *sorted((REPO / "flags").rglob("*.flags"))]
     found = []
     for source in sources:
@@ -226,7 +226,9 @@ def _documented_commands():
 
 def _known_flags():
     names = set(ExperimentConfig.__dataclass_fields__) | {"overwrite", "helpshort", "help", "helpfull",
-                                                          "flagfile", "verbosity"}
+                                                          "flagfile", "verbosity", "verbose",
+                                                          runner.IMPORT_FLAG}
+    names |= set(losses.hyperparameter_flags())
     for path in (REPO / "ice_tf" / "cli").glob("*.py"):
         names |= set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', path.read_text()))
     return names | {f"no{name}" for name in names}

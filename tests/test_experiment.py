@@ -34,7 +34,7 @@ def test_run_writes_a_complete_run_folder(tmp_path):
     assert results["num_in"] == 150 and 0 <= results["accuracy"] <= 1
     epochs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [e["epoch"] for e in epochs] == [1] and "out_term" in epochs[0]
-    assert ExperimentConfig.from_dict(json.load(open(tmp_path / "run" / "config.json"))) == config
+    assert ExperimentConfig.from_dict(json.load(open(tmp_path / "run" / "config.json"))) == config.resolved()
     loaded = tf.saved_model.load(str(tmp_path / "run" / "saved_model"))
     served = loaded.signatures["serving_default"](images=tf.zeros((2, 28, 28, 1)))
     assert np.all((served["confidence"].numpy() > 0) & (served["confidence"].numpy() <= 1))

@@ -1,6 +1,6 @@
 """A user's files are never lost, and bad input fails in one line naming the fix.
 
-Each test is one case of the fault table in BUILD.md ("Faults and bad input"): the run
+Each test is one case of the fault table in docs/guide.md ("Faults and bad input"): the run
 folder's ownership, exports, damaged checkpoints and metrics, a full disk, a classifier
 with a nested class layer, and the checks of labels, images and settings.
 """

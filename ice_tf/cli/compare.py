@@ -108,7 +108,7 @@ def main(argv):
             try:
                 configs[label, seed] = method_base.replace(
                     **overrides, seed=seed,
-                    output_dir=os.path.join(base.output_dir, label, f"seed{seed}"),
+                    output_dir=run_folder.method_run(base.output_dir, label, seed),
                 ).validate()
             except ValueError as error:
                 raise app.UsageError(f"--variant {label}: {error}") from None
@@ -125,12 +125,10 @@ def main(argv):
     plan = experiment.plan_runs(configs, overwrite)
     results, diverged = {}, {}
     for index, ((label, seed), config) in enumerate(configs.items(), 1):
-        done = run_folder.path(config.output_dir, run_folder.RESULTS_FILE)
         print(f"\n=== [{index}/{len(configs)}] {label}, seed {seed} -> {config.output_dir}")
         if plan[label, seed] == "reuse":
             print("    finished earlier; reusing its results.json")
-            with open(done) as stream:
-                results.setdefault(label, []).append(json.load(stream))
+            results.setdefault(label, []).append(run_folder.read_results(config.output_dir))
             continue
         results.setdefault(label, [])
         try:

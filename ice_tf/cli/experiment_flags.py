@@ -74,11 +74,11 @@ HELP = {
     "augment": "Random crop (pad 4) + horizontal flip for in-distribution images and outliers.",
     "seed": "Random seed.",
     "deterministic": "Op determinism: two runs of one command give the same numbers on one "
-                     "machine (slower; BUILD.md gives the cost).",
+                     "machine (slower; docs/guide.md gives the cost).",
     "checkpoint_steps": "Also save the training state every this many steps within an epoch "
                         "(long epochs); unset = after every epoch only.",
     "strategy": "auto (mirrored over several GPUs), default, mirrored, or multi_worker "
-                "(several machines: TF_CONFIG or a Slurm allocation; BUILD.md).",
+                "(several machines: TF_CONFIG or a Slurm allocation; docs/guide.md).",
     "precision": "auto (mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bfloat16 "
                  "instructions, else float32), float32, mixed_bfloat16 or mixed_float16; the "
                  "heads and losses stay float32.",

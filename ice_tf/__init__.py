@@ -12,10 +12,12 @@ Submodules:
   export       SavedModel export with probabilities, confidence and score.
   distribute   Strategy selection and replica-aware helpers.
   analysis     contradictory-gradient, distribution-shift and confidence statistics.
-  callbacks    Keras callbacks recording those analyses during training (and the metrics log).
+  callbacks    Keras callbacks recording those analyses during training.
+  checkpoint   resume: the training state per epoch, its fallback; the metrics log.
   gda          class means and tied covariance (Gaussian head fit, Mahalanobis, toys, analyses).
   config       the frozen ExperimentConfig; run_data turns it into datasets.
   experiment   one run end to end; run_folder names the run folder's files and finds runs.
+  run_lock     one process per run folder; ownership: what ice-tf wrote (never a user's file).
   data, evaluation, atomic_io, plotting, toy: datasets, OOD evaluation, atomic writes, figures.
   report       `ice_tf.evaluate(model, (x, y), {name: images})`: any Keras model, one call.
   cli          the `ice-tf` command (train, evaluate, export, compare, demo); `python -m ice_tf`.
@@ -58,7 +60,8 @@ if not _tensorflow_installed():
     sys.meta_path.insert(0, _TensorFlowMissing())
 
 _SUBMODULES = (
-    "analysis", "atomic_io", "backbones", "calibration", "callbacks", "cli", "config", "data",
+    "analysis", "atomic_io", "backbones", "calibration", "callbacks", "checkpoint", "cli", "config",
+    "data",
     "detectors", "distribute", "evaluation", "experiment", "export", "gda", "layers", "losses",
     "metrics", "models", "ownership", "plotting", "report", "run_data", "run_folder", "run_lock", "scores", "toy",
 )

@@ -58,7 +58,8 @@ def auxiliary_gradients(loss, labels, outputs_in, outputs_out):
     """Per-sample gradients of the auxiliary loss on the head outputs.
 
     The auxiliary loss is the method's objective without its cross-entropy term,
-    L_aux = λ · (in_term + out_term) (Eqs. 0.3, 0.5, 0.15). Its in-distribution terms
+    L_aux = λ · (a · in_term + b · out_term) (Eqs. 0.3, 0.5, 0.15; `OODLoss.auxiliary`, with
+    the loss's term weights a, b). Its in-distribution terms
     are means over the N_in samples and its outlier terms means over the N_out
     outliers, so N · ∂L_aux/∂f is each sample's own gradient, λ · ∂ℓ_aux(x)/∂f, free
     of the probe size. E.g. OE (Eq. 0.6): λ · (softmax(f̃) - 1/K) on outliers.
@@ -89,8 +90,7 @@ def auxiliary_gradients(loss, labels, outputs_in, outputs_out):
     with tf.GradientTape() as tape:
         tape.watch([outputs_in, outputs_out])
         terms = loss.terms(labels, outputs_in, outputs_out if loss.uses_outliers else None)
-        extras = [value for name, value in terms.items() if name != "ce"]
-        auxiliary = loss.weight * tf.add_n(extras) if extras else tf.constant(0.0)
+        auxiliary = loss.auxiliary(terms)  # the loss's own weighting, term weights included
     grad_in, grad_out = tape.gradient(
         auxiliary, [outputs_in, outputs_out], unconnected_gradients=tf.UnconnectedGradients.ZERO
     )

@@ -296,7 +296,7 @@ class ExperimentConfig:
         else:
             choose("backbone", self.backbone, backbones.names())
         choose("head", self.head, HEAD_CHOICES)
-        choose("outlier_batchnorm", self.outlier_batchnorm, ("auto", "joint", "separate", "frozen"))
+        choose("outlier_batchnorm", self.outlier_batchnorm, ("auto", *models.OUTLIER_BATCHNORM))
         choose("head_init", self.head_init, HEAD_INITS)
         if self.head_init != "random" and self.head_kind != "gaussian":
             raise ValueError(f"head_init={self.head_init!r} initialises a Gaussian head; this run "

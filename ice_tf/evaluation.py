@@ -311,8 +311,53 @@ def comparison_markdown(results_by_method, groups=None, keys=("auroc", "aupr_in"
     return "\n".join(lines) + "\n"
 
 
+def evaluate_with_detector(model, detector, in_dataset, ood_datasets, *, fit_data=None,
+                           protocol="oe", num_draws=10, seed=0, verbose=0, return_scores=False):
+    """The one way a model is evaluated with a detector (`ice_tf.evaluate`, `ice-tf
+    evaluate`, the scripts): a detector that fits statistics (Mahalanobis) fits them on
+    `fit_data`, training batches of (images, labels) or a function returning them
+    (called only then), and `evaluate_model` scores the sets.
+
+    Example:
+      results = evaluate_with_detector(model, detectors.get("mahalanobis"), in_ds, ood_ds,
+                                       fit_data=train_batches)
+    """
+    detector = detectors_lib.get(detector)
+    if detector.needs_fit:
+        if fit_data is None:
+            raise ValueError(f"score {detector.name!r} fits statistics: pass train_data=(x_train, "
+                             "y_train).")
+        detector.fit(model, fit_data() if callable(fit_data) else fit_data, verbose=verbose)
+    return evaluate_model(model, in_dataset, ood_datasets, score=detector, protocol=protocol,
+                          num_draws=num_draws, seed=seed, verbose=verbose,
+                          return_scores=return_scores)
+
+
+def evaluate_run_with_detector(name, model, config, model_path, eval_data, adapt=None, verbose=1,
+                               **detector_options):
+    """(detector, results) of a trained run's model scored by the detector `name`
+    (`ice_tf.detectors.for_run`: its statistics cached beside the model), fitted on the
+    run's training images prepared as the evaluation sets (`adapt`, see
+    `ice_tf.run_data.model_input`), under the run's protocol.
+
+    Example:
+      detector, results = evaluate_run_with_detector("mahalanobis", model, config, path,
+                                                     make_eval_data(config, adapt), adapt)
+    """
+    from ice_tf import run_data
+
+    detector = detectors_lib.for_run(name, config, model_path, **detector_options)
+    in_ds, ood_ds = eval_data
+    results = evaluate_with_detector(
+        model, detector, in_ds, ood_ds, fit_data=lambda: run_data.statistics_data(config, adapt),
+        protocol=config.protocol, num_draws=config.eval_draws, seed=config.seed, verbose=verbose)
+    return detector, results
+
+
 __all__ = [
     "evaluate_model",
+    "evaluate_with_detector",
+    "evaluate_run_with_detector",
     "ood_results",
     "predict_outputs",
     "detector_scores",

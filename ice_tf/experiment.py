@@ -17,13 +17,14 @@ import keras
 import numpy as np
 
 from ice_tf import callbacks as callbacks_lib
+from ice_tf import checkpoint as checkpoint_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
 from ice_tf import precision as precision_lib
 from ice_tf import run_folder as folder_lib
 from ice_tf.config import ExperimentConfig
 from ice_tf.run_data import (check_sources, image_shape_of, load_images, make_eval_data,
                              make_train_data, mock_sources)
-from ice_tf.callbacks import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
+from ice_tf.checkpoint import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
 from ice_tf.atomic_io import save_model, write_atomic  # noqa: F401  (scripts use write_atomic)
 from ice_tf.models import FINETUNE_RIDGE, fit_gaussian_head  # noqa: F401  (their home: models)
 
@@ -138,7 +139,7 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
     batch_in, batch_out = (min(config.batch_in, 4), min(config.batch_out, 8)) if dry else (
         config.batch_in, config.batch_out)
     # The stream starts where the interrupted run stopped (its step count in all).
-    start_epoch, start_step, steps_done = (callbacks_lib.training_position(out) if resume
+    start_epoch, start_step, steps_done = (checkpoint_lib.training_position(out) if resume
                                            else (0, 0, 0))
     multi_worker = distribute.is_multi_worker(strategy)
     if multi_worker:
@@ -163,7 +164,7 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
         if steps_done:
-            callbacks_lib.restore_training_state(model, out)
+            checkpoint_lib.restore_training_state(model, out)
         elif config.schedule == "finetune" and not dry and config.init_checkpoint:
             initialize_from_checkpoint(
                 model, config.init_checkpoint_path, train_ds, steps_per_epoch, verbose=verbose
@@ -189,12 +190,12 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
     logger = None
     if not dry:
         logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch,
-                                 recovered=callbacks_lib.recovered_metrics(out) if resume else None)
+                                 recovered=checkpoint_lib.recovered_metrics(out) if resume else None)
         callbacks += [
             logger,
             keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
                                         update_freq="epoch"),
-            callbacks_lib.TrainingCheckpoint(out, config.checkpoint_steps, start_step,
+            checkpoint_lib.TrainingCheckpoint(out, config.checkpoint_steps, start_step,
                                              metrics_logger=logger),
         ]
     callbacks += list(extra_callbacks)

@@ -28,6 +28,13 @@ one `register` line:
             return {"out_term": tf.reduce_mean(tf.square(outputs_out))}
 
     ice_tf.losses.register("squared_oe", SquaredOutlierLoss)
+
+A hyperparameter of the method's own is declared with `Hyperparameter` (flag, type,
+default, bounds, help; see `OODLoss.hyperparameter_specs`); its flag then appears in
+`ice-tf ... --helpshort`, and `--import=MODULE` brings the module to the command line.
+
+Over 500 lines for a reason: every loss class is short and cites its equation, and the
+classes, their hyperparameter declarations and the registry are read together.
 """
 
 from __future__ import annotations
@@ -264,13 +271,25 @@ class OODLoss:
         """
         return 1.0
 
+    def _weighted_extras(self, terms):
+        return [value if self.term_weight(key) == 1.0 else self.term_weight(key) * value
+                for key, value in terms.items() if key != "ce"]
+
+    def auxiliary(self, terms):
+        """The objective without its cross-entropy: weight * (sum of the other terms, each
+        times its `term_weight`); 0 when there are none. What the gradient meter measures.
+
+        Example:
+          loss.auxiliary(loss.terms(labels, outputs_in, outputs_out))
+        """
+        extras = self._weighted_extras(terms)
+        return self.weight * tf.add_n(extras) if extras else tf.constant(0.0)
+
     def combine(self, terms):
-        """CE + weight * (sum of the other terms, each times its `term_weight`)."""
-        extras = [value if self.term_weight(key) == 1.0 else self.term_weight(key) * value
-                  for key, value in terms.items() if key != "ce"]
-        if not extras:
+        """CE + `auxiliary(terms)`: weight * (sum of the other terms, each times its `term_weight`)."""
+        if not self._weighted_extras(terms):
             return terms["ce"]
-        return terms["ce"] + self.weight * tf.add_n(extras)
+        return terms["ce"] + self.auxiliary(terms)
 
     def __call__(self, y_true, outputs_in, outputs_out=None):
         return self.combine(self.terms(y_true, outputs_in, outputs_out))

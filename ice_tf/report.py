@@ -126,16 +126,14 @@ def evaluate(model, in_data, ood_data, *, scores=None, protocol="full", num_draw
     results, raw_scores = {}, {}
     for index, name in enumerate(scores, 1):
         options = {"std": odin_std} if name in ("odin", "mahalanobis") else {}
-        detector = detectors.get(name, **options)
-        if detector.needs_fit:
-            if train_data is None:
-                raise ValueError(f"score {name!r} fits statistics: pass train_data=(x_train, y_train).")
-            detector.fit(model, data.batched(train_data, batch_size, shuffle=False), verbose=verbose)
         if verbose:
             print(f"[{index}/{len(scores)}] {name}: {1 + len(ood_datasets)} sets")
-        results[name], raw_scores[name] = evaluation.evaluate_model(
-            model, in_dataset, ood_datasets, score=detector, protocol=protocol,
-            num_draws=num_draws, seed=seed, verbose=verbose, return_scores=True)
+        fit_data = None if train_data is None else (
+            lambda: data.batched(train_data, batch_size, shuffle=False))
+        results[name], raw_scores[name] = evaluation.evaluate_with_detector(
+            model, detectors.get(name, **options), in_dataset, ood_datasets, fit_data=fit_data,
+            protocol=protocol, num_draws=num_draws, seed=seed, verbose=verbose,
+            return_scores=True)
     return EvaluationReport(results, raw_scores)
 
 

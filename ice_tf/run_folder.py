@@ -37,6 +37,10 @@ ice-tf compare puts runs at <runs_dir>/<label>/seed<k> (`method_run`); every
 script that reads runs takes them from here, by label and seed or as 'label:folder'
 specs (`parse_label_folder`).
 
+Over 500 lines for a reason: this module is the one owner of the run folder's names,
+contract and reads (`read_jsonl`, `read_results`, ...), so that no other module parses
+the folder's files.
+
 Example:
   folder = method_run("runs/demo", "ice", seed=1)       # runs/demo/ice/seed1
   scores = load_scores(folder)                           # {"in": ..., "mnist": ...}

@@ -120,7 +120,7 @@ def main(argv):
         overrides = experiment_flags.parse_overrides(FLAGS.set)
     except ValueError as error:
         raise app.UsageError(f"--set: {error}") from None
-    from ice_tf import detectors, evaluation, experiment, losses, run_data
+    from ice_tf import evaluation, experiment, losses, run_data
     options = experiment_flags.detector_options(FLAGS)
     jobs = []
     for seed, (plain, methods) in zip(seeds, runs_by_seed):
@@ -131,17 +131,16 @@ def main(argv):
     for index, (seed, label, run_dir, score) in enumerate(jobs, 1):
         if run_dir not in loaded:
             model, config, model_path = experiment.load_run(run_dir, **overrides)
-            loaded = {run_dir: (model, config, model_path, run_data.make_eval_data(config))}
-        model, config, model_path, (in_ds, ood_ds) = loaded[run_dir]
+            adapt = run_data.model_input(model, config)  # as ice-tf evaluate prepares the sets
+            loaded = {run_dir: (model, config, model_path, adapt,
+                                run_data.make_eval_data(config, adapt))}
+        model, config, model_path, adapt, (in_ds, ood_ds) = loaded[run_dir]
         in_datasets.add(config.in_dataset)
         ood_labels.add(tuple(ood_ds))
-        detector = detectors.for_run(score or config.score_name, config, model_path, **options)
-        print(f"\n=== [{index}/{len(jobs)}] {label}: {describe(detector)} on {run_dir}")
-        experiment_flags.fit_if_needed(detector, model, config)
-        results = evaluation.evaluate_model(
-            model, in_ds, ood_ds, score=detector, protocol=config.protocol,
-            num_draws=config.eval_draws, seed=config.seed,
-        )
+        name = score or config.score_name
+        print(f"\n=== [{index}/{len(jobs)}] {label}: {name} on {run_dir}")
+        detector, results = evaluation.evaluate_run_with_detector(
+            name, model, config, model_path, (in_ds, ood_ds), adapt, **options)
         rows_by_seed.setdefault(seed, []).append({
             "method": label,
             "model": f"{config.method.display_name} ({config.head_kind} head)",

@@ -118,6 +118,20 @@ def test_compatible_losses_raise_nothing_but_the_target(name):
         assert (grad_in[~non_target] < 0).all()
 
 
+@pytest.mark.parametrize("a, b", [(0.0, 1.0), (0.3, 2.0)])
+def test_the_meter_measures_the_terms_that_train_with_their_weights(a, b):
+    """--in_term_weight=0: the in-distribution term does not train, and the meter sees no
+    in-distribution pull; other weights scale each side's gradient as the loss does."""
+    labels, f_in, f_out = _outputs("ice", seed=5)
+    loss = losses.get("ice", in_term_weight=a, out_term_weight=b)
+    grad_in, grad_out = analysis.auxiliary_gradients(loss, labels, f_in, f_out)
+    ref_in, ref_out = reference_gradients("ice", loss.weight, labels, f_in, f_out)
+    np.testing.assert_allclose(grad_in, a * ref_in, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad_out, b * ref_out, rtol=1e-4, atol=1e-6)
+    if a == 0.0:
+        assert not np.any(grad_in)
+
+
 def test_zero_weight_means_no_auxiliary_pull():
     labels, f_in, f_out = _outputs("oe", seed=4)
     fractions = analysis.contradictory_fractions(losses.get("oe", weight=0.0), labels, f_in, f_out)

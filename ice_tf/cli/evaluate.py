@@ -148,13 +148,9 @@ def main(argv):
     reports, all_results = [], {}
     for score in FLAGS.scores or [config.score_name]:
         print(f"Score {score}:")
-        detector = detectors.for_run(score, config, model_path,
-                                     **experiment_flags.detector_options(FLAGS))
-        experiment_flags.fit_if_needed(detector, model, config, adapt)
-        results = evaluation.evaluate_model(
-            model, in_ds, ood_ds, score=detector, protocol=config.protocol,
-            num_draws=config.eval_draws, seed=config.seed,
-        )
+        _, results = evaluation.evaluate_run_with_detector(
+            score, model, config, model_path, (in_ds, ood_ds), adapt,
+            **experiment_flags.detector_options(FLAGS))
         all_results[score] = results
         reports.append(evaluation.results_markdown(results, title=f"{os.path.basename(model_path)}: {score}"))
     experiment.write_atomic(output, json.dumps(all_results, indent=2) + "\n")

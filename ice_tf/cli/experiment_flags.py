@@ -456,17 +456,3 @@ def detector_options(flag_values=flags.FLAGS):
     """
     return dict(odin_temperature=flag_values.odin_temperature, odin_epsilon=flag_values.odin_epsilon,
                 mahalanobis_epsilon=flag_values.mahalanobis_epsilon, refit=flag_values.refit)
-
-
-def fit_if_needed(detector, model, config, adapt=None):
-    """Fits (or loads) a post-hoc detector's statistics on the run's training images
-    (`adapt`: see `ice_tf.run_data.make_eval_data`).
-
-    Example:
-      fit_if_needed(detectors.for_run("mahalanobis", config, model_path), model, config)
-    """
-    from ice_tf import run_data
-
-    if detector.needs_fit:
-        detector.fit(model, run_data.statistics_data(config, adapt))
-    return detector

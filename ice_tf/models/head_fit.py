@@ -1,0 +1,88 @@
+"""Fitting a Gaussian head (Eq. 0.11) to a model's features: class means and the
+Cholesky factor of their tied covariance (GDA), as the fine-tune schedule starts and
+`OODModel.from_classifier` converts.
+
+Example:
+  fit_gaussian_head(model, train_batches, num_batches=50)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ice_tf.models.checks import unpack_batch
+
+
+# Covariance ridge of the fine-tune head fit, relative to the mean variance: with 1%
+# or 10%, fine-tuning ICE from a barely trained model diverged (docs/design.md).
+FINETUNE_RIDGE = 1.0
+
+
+@contextlib.contextmanager
+def moving_statistics_kept(model):
+    """Within the block, training-mode calls of `model.backbone` leave its non-trainable
+    state (BatchNorm's moving averages) as it was: it is put back on exit (eager code).
+
+    Example:
+      with moving_statistics_kept(model):
+          features = model.features(images, training=True)
+    """
+    variables = model.backbone.non_trainable_variables
+    saved = [variable.numpy() for variable in variables]
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
+
+
+def fit_gaussian_head(model, train_dataset, num_batches=None, ridge=FINETUNE_RIDGE, verbose=1,
+                      means_only=False):
+    """Fits the Gaussian head (Eq. 0.11) to the features fine-tuning will train on.
+
+    The features are those of the training batches with BatchNorm in training mode, as
+    `OODModel.train_step` computes them: under `outlier_batchnorm="joint"` normalised with
+    the statistics of in-distribution images *and* outliers together, otherwise with
+    those of the in-distribution images alone. A plain model's eval-mode
+    features differ from these by several standard deviations once outliers enter
+    the batch, and a head fitted to them started fine-tuning at -h_y ~ 4d. The
+    BatchNorm moving statistics are restored afterwards. Means and tied covariance
+    are the GDA estimate with a `ridge`, and the scale of L is then fitted by
+    cross-entropy (`GaussianLayer.initialize_from_features`).
+
+    Args:
+      model: an `OODModel` with a Gaussian head.
+      train_dataset: batches `((x, y), x_outliers)` or `(x, y)`, as training sees them.
+      num_batches: how many batches to use; None: the whole (finite) dataset.
+      ridge: added to the covariance, relative to its mean variance (docs/design.md).
+      means_only: only the means, to the class means; L is left as it is.
+
+    Example:
+      fit_gaussian_head(model, ice_tf.data.with_outliers((x, y), x_out), num_batches=50)
+    """
+    progbar = keras.utils.Progbar(num_batches, unit_name="batch") if verbose else None
+    features, labels = [], []
+    with moving_statistics_kept(model):
+        for batch in (train_dataset if num_batches is None else train_dataset.take(num_batches)):
+            images, batch_labels, outliers = unpack_batch(batch)
+            if getattr(model, "outlier_batchnorm", "joint") != "joint":
+                outliers = None  # training normalises the in-distribution images on their own
+            inputs = images if outliers is None else tf.concat(
+                [images, tf.cast(outliers, images.dtype)], 0)
+            batch_features = model.features(inputs, training=True)[: tf.shape(images)[0]]
+            features.append(np.asarray(batch_features, np.float64))
+            labels.append(np.asarray(batch_labels).reshape(-1))
+            if progbar is not None:
+                progbar.add(1)
+    if not features:
+        raise ValueError("the dataset for the Gaussian head's fit yielded no batches.")
+    model.head.initialize_from_features(
+        np.concatenate(features), np.concatenate(labels), ridge=ridge, calibrate_scale=True,
+        min_scale=1.0,  # on separable training features CE would make h arbitrarily sharp
+        means_only=means_only,
+    )
+    return model

@@ -392,9 +392,10 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, values):
         """The config of a dict of fields (config.json); an unknown field is a ValueError."""
-        names = {field.name for field in dataclasses.fields(cls)} | set(_hyperparameter_flags())
         values = upgrade_dict(values)
-        unknown = set(values) - names
+        unknown = set(values) - _FIELD_NAMES
+        if unknown:  # method hyperparameters by flag name (the registry loads TensorFlow)
+            unknown -= set(_hyperparameter_flags())
         if unknown:
             raise ValueError(f"unknown config fields: {sorted(unknown)}.")
         values = dict(values)

@@ -343,8 +343,8 @@ def config_differences(earlier, current, ignore=RESUMABLE_FIELDS):
         values = {**defaults, **values}
         try:
             values = ExperimentConfig.from_dict(values).resolved().to_dict()
-        except (ValueError, TypeError):
-            pass  # a method this process does not know: compared as stored
+        except (ValueError, TypeError, ImportError):
+            pass  # a method this process does not know (or no TensorFlow): compared as stored
         return json.loads(json.dumps(values))
 
     earlier = effective(upgrade_dict(earlier, stored=True))
@@ -603,15 +603,10 @@ def read_results(folder):
     Example:
       read_results("runs/demo/ice/seed1")["mean"]["auroc"]["mean"]
     """
-    results_path = path(folder, RESULTS_FILE)
-    if not os.path.isfile(results_path):
+    if not is_finished(folder):
         raise FileNotFoundError(f"{folder} holds no finished run (no {RESULTS_FILE}); train it "
                                 f"first, e.g. with `{DEMO_COMMAND}`.")
-    try:
-        with open(results_path) as stream:
-            return json.load(stream)
-    except ValueError as error:
-        raise ValueError(f"{results_path} is not readable JSON ({error}).") from None
+    return _read_json(path(folder, RESULTS_FILE))
 
 
 def read_evaluation(folder, file_name):
@@ -621,12 +616,15 @@ def read_evaluation(folder, file_name):
     Example:
       read_evaluation("runs/demo/ice/seed1", "evaluation-val.json")["mahalanobis"]["accuracy"]
     """
-    evaluation_path = path(folder, file_name)
+    return _read_json(path(folder, file_name))
+
+
+def _read_json(json_path):
     try:
-        with open(evaluation_path) as stream:
+        with open(json_path) as stream:
             return json.load(stream)
     except ValueError as error:
-        raise ValueError(f"{evaluation_path} is not readable JSON ({error}).") from None
+        raise ValueError(f"{json_path} is not readable JSON ({error}).") from None
 
 
 def analysis_path(folder, name):

@@ -172,7 +172,11 @@ sys.meta_path.insert(0, Hide())
 
 
 def test_without_tensorflow_the_import_error_names_the_extras(tmp_path):
-    code = _HIDE_TENSORFLOW + "import ice_tf.metrics, ice_tf.config\nimport ice_tf.models\n"
+    code = _HIDE_TENSORFLOW + (
+        "import ice_tf.metrics, ice_tf.config, ice_tf.run_folder\n"
+        "stored = ice_tf.config.ExperimentConfig.from_dict({'loss': 'oe', 'epochs': 3}).to_dict()\n"
+        "assert ice_tf.run_folder.config_differences(stored, stored) == []\n"
+        "import ice_tf.models\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]

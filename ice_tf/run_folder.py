@@ -17,7 +17,7 @@ One training run writes one folder (`ice_tf.experiment.run`):
   model.keras          the trained model
   saved_model/         the serving SavedModel (ice_tf.export)
   scores.npz           raw OOD scores of the evaluation: "in" and one key per OOD set
-  mahalanobis_stats.npz  post-hoc Mahalanobis statistics, once fitted (ice_tf.detectors)
+  <detector>_stats.npz  a post-hoc detector's statistics, once fitted (ice_tf.detectors)
   results.json         the metrics, written last: a folder without it is not finished
   results.md           the same as a markdown table
 
@@ -72,14 +72,29 @@ PREVIOUS_STATE = os.path.join(CHECKPOINTS_DIR, "previous.json")  # the state bef
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 SCORES_FILE = "scores.npz"
-STATS_FILE = "mahalanobis_stats.npz"
+# The post-hoc detectors whose fitted statistics a run folder keeps, <name>_stats.npz
+# (`ice_tf.detectors.for_run`).
+FITTED_DETECTORS = ("mahalanobis", "relative_mahalanobis", "knn", "vim", "react")
+
+
+def stats_file(detector):
+    """The run folder's file of a fitted detector's statistics.
+
+    Example:
+      stats_file("knn")  # 'knn_stats.npz'
+    """
+    return f"{detector}_stats.npz"
+
+
+STATS_FILE = stats_file("mahalanobis")
 RESULTS_FILE = "results.json"
 RESULTS_MARKDOWN = "results.md"
 IN_DISTRIBUTION_KEY = "in"
 
 # What comes after training: removed before a run resumes, so that nothing of an
 # earlier attempt's evaluation stands beside the model this one trains.
-PRODUCT_FILES = (MODEL_FILE, SCORES_FILE, STATS_FILE, RESULTS_FILE, RESULTS_MARKDOWN)
+PRODUCT_FILES = (MODEL_FILE, SCORES_FILE, *(stats_file(name) for name in FITTED_DETECTORS),
+                 RESULTS_FILE, RESULTS_MARKDOWN)
 PRODUCT_DIRS = (SAVED_MODEL_DIR,)
 # Everything a run writes (--overwrite removes all of it).
 OUTPUT_FILES = (FLAGS_FILE, CONFIG_FILE, DATASET_FILE, README_FILE, METRICS_FILE, *PRODUCT_FILES)
@@ -118,7 +133,8 @@ FILE_DESCRIPTIONS = {
     SAVED_MODEL_DIR + "/": "the serving SavedModel: probabilities, confidence, score; loads with "
                            "plain `tf.saved_model.load`",
     SCORES_FILE: "the raw OOD scores of the evaluation: 'in' and one array per OOD set",
-    STATS_FILE: "post-hoc Mahalanobis statistics, once `ice-tf evaluate` fitted them",
+    "<detector>_stats.npz": "a post-hoc detector's statistics (mahalanobis, knn, vim, react, "
+                            "relative_mahalanobis), once `ice-tf evaluate` fitted them",
     RESULTS_FILE: "AUROC, AUPR-In/Out, FPR95 per OOD set and their mean, accuracy; written "
                   "last, so a folder without it is unfinished",
     RESULTS_MARKDOWN: "the same results as a table",
@@ -707,7 +723,7 @@ def load_scores(folder):
 __all__ = [
     "FLAGS_FILE", "CONFIG_FILE", "METRICS_FILE", "ANALYSIS_DIR", "TENSORBOARD_DIR",
     "CHECKPOINTS_DIR", "LAST_STATE", "PREVIOUS_STATE", "LOCK_FILE", "MODEL_FILE",
-    "SAVED_MODEL_DIR", "SCORES_FILE", "STATS_FILE", "RESULTS_FILE", "RESULTS_MARKDOWN",
+    "SAVED_MODEL_DIR", "SCORES_FILE", "STATS_FILE", "FITTED_DETECTORS", "stats_file", "RESULTS_FILE", "RESULTS_MARKDOWN",
     "DEMO_COMMAND", "FILE_DESCRIPTIONS", "readme_text", "DATASET_FILE", "README_FILE",
     "PRODUCT_FILES", "PRODUCT_DIRS", "OUTPUT_FILES", "OUTPUT_DIRS", "OWNED_INSIDE", "RUN_MARKER",
     "ownership", "check_owned", "check_inputs_outside", "claim",

@@ -6,6 +6,7 @@
 | `max_logit` | max_i f_i                  |                                        |
 | `energy`    | logsumexp_i f_i = -E(x)     | Energy (Eq. 0.4)                       |
 | `ice`       | max_i h_i                  | ICE; exp(max h) in (0, 1] is its confidence |
+| `gen`       | -Σ_{j<=M} p_j^γ (1 - p_j)^γ over the M largest softmax p | GEN (Liu et al., CVPR 2023) |
 
 `ice` returns max h rather than exp(max h): the two rank samples identically, and
 max h does not underflow to ties at 0 for far-away inputs. `confidence` gives
@@ -59,7 +60,26 @@ def ice(outputs):
     return max_logit(outputs)
 
 
-SCORES = {"msp": msp, "max_logit": max_logit, "energy": energy, "ice": ice}
+GEN_GAMMA = 0.1
+GEN_TOP = 100
+
+
+def gen(outputs, gamma=GEN_GAMMA, top=GEN_TOP):
+    """Generalized entropy (Liu et al., CVPR 2023, Eq. 6): with p the softmax of the
+    outputs sorted in decreasing order, -Σ_{j=1}^{M} p_j^γ (1 - p_j)^γ, M = min(top, K);
+    the paper's γ = 0.1 and M = 100.
+
+    Example:
+      gen(model.predict(x))  # higher = more in-distribution
+    """
+    probabilities = tf.nn.softmax(tf.cast(_as_float32(outputs), tf.float64), axis=-1)
+    count = min(int(top), int(probabilities.shape[-1]))
+    largest = tf.math.top_k(probabilities, k=count).values
+    entropy = tf.reduce_sum(largest ** gamma * (1.0 - largest) ** gamma, axis=-1)
+    return tf.cast(-entropy, tf.float32)
+
+
+SCORES = {"msp": msp, "max_logit": max_logit, "energy": energy, "ice": ice, "gen": gen}
 
 
 def names():
@@ -102,4 +122,4 @@ def confidence(outputs, gaussian_head, temperature=1.0):
     return msp(outputs)
 
 
-__all__ = ["msp", "max_logit", "energy", "ice", "SCORES", "get", "names", "confidence"]
+__all__ = ["gen", "GEN_GAMMA", "GEN_TOP", "msp", "max_logit", "energy", "ice", "SCORES", "get", "names", "confidence"]

@@ -256,3 +256,16 @@ def test_every_documented_command_names_real_commands_flags_and_flag_files(tmp_p
             placeholder = any(part in value for part in ("<", "...", "PATH", "runs/"))
             if name == "flagfile" and not placeholder:
                 flagfiles.resolve(value, tmp_path)  # raises when it names no file
+
+
+def test_the_demo_trains_the_baselines_tuned_on_validation(tmp_path):
+    from ice_tf.cli import demo
+
+    argv = flagfiles.expand(["p", "--flagfile=demo", f"--flagfile={demo.METHODS_FLAGFILE}"],
+                            cwd=tmp_path)
+    assert argv[-3:] == ["--methods=ce,ice", "--variant=oe:loss=oe,loss_weight=1.0",
+                         "--variant=energy:loss=energy,margin_in=-10,margin_out=-3,loss_weight=0.1"]
+    reference = flagfiles.expand(["p", "--flagfile=compare/demo_reference_baselines"], cwd=tmp_path)
+    assert reference[1:] == [
+        "--variant=oe_reference:loss=oe,loss_weight=0.5",
+        "--variant=energy_reference:loss=energy,margin_in=-23,margin_out=-5,loss_weight=0.1"]

@@ -260,7 +260,8 @@ def test_train_dataset_for_reads_the_runs_training_images_unaugmented():
 
 # ------------------------------------------------------------------ registry
 def test_registry_names_output_scores_and_errors():
-    assert detectors.names() == sorted([*scores.names(), "mahalanobis", "odin"])
+    assert detectors.names() == sorted([*scores.names(), "mahalanobis", "odin", "knn", "vim",
+                                        "react", "ash", "scale", "relative_mahalanobis"])
     model, w, b = _linear_model()
     x = np.random.default_rng(7).normal(0, 1, (6, *SHAPE)).astype("float32")
     for name in scores.names():
@@ -268,7 +269,8 @@ def test_registry_names_output_scores_and_errors():
         np.testing.assert_allclose(value.numpy(), scores.get(name)(model(x)).numpy(), rtol=1e-6)
         assert not detectors.get(name).needs_fit
     assert detectors.get("mahalanobis").needs_fit and detectors.get("odin").temperature == 1000.0
-    with pytest.raises(ValueError, match="energy, ice, mahalanobis, max_logit, msp, odin"):
+    with pytest.raises(ValueError, match="ash, energy, gen, ice, knn, mahalanobis, max_logit, msp, "
+                       "odin, react, relative_mahalanobis, scale, vim"):
         detectors.get("odni")
     with pytest.raises(ValueError, match="takes no options"):
         detectors.get("msp", temperature=2.0)

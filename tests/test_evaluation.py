@@ -130,5 +130,5 @@ def test_evaluate_model_rejects_unfitted_detectors_and_unknown_names():
     model, _, _, _, in_ds, ood = _detector_setup()
     with pytest.raises(ValueError, match="must be fitted first"):
         evaluation.evaluate_model(model, in_ds, ood, score="mahalanobis", verbose=0)
-    with pytest.raises(ValueError, match="energy, ice, mahalanobis, max_logit, msp, odin"):
+    with pytest.raises(ValueError, match="energy, gen, ice, knn, mahalanobis, max_logit, msp, odin"):
         evaluation.evaluate_model(model, in_ds, ood, score="odn", verbose=0)

@@ -21,6 +21,8 @@ def test_scores_match_numpy():
         "energy": top + np.log(np.exp(outputs - top[:, None]).sum(-1)),
         "ice": top,
     }
+    largest = -np.sort(-_softmax(outputs), axis=-1)  # GEN: every class, K = 10 < M = 100
+    expected["gen"] = -(largest ** 0.1 * (1 - largest) ** 0.1).sum(-1)
     assert scores.names() == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(scores.get(name)(outputs).numpy(), value, rtol=1e-5)
@@ -42,6 +44,6 @@ def test_far_inputs_keep_distinct_ice_scores():
 
 
 def test_unknown_score_lists_valid_names():
-    with pytest.raises(ValueError, match="energy, ice, max_logit, msp"):
+    with pytest.raises(ValueError, match="energy, gen, ice, max_logit, msp"):
         scores.get("odin_typo")
     assert scores.default_score_name(True) == "ice" and scores.default_score_name(False) == "msp"

@@ -236,7 +236,21 @@ class ViM(FeatureDetector):
         return _energy(outputs) - self.constants["alpha"][0] * virtual
 
 
-class ReAct(FeatureDetector):
+class _PercentileDetector(FeatureDetector):
+    """A feature detector with one percentile p of the activations (90: ReAct's, ASH's, SCALE's)."""
+
+    def __init__(self, percentile=90.0, **kwargs):
+        if not 0 < percentile < 100:
+            raise ValueError(f"{self.name} percentile must lie in (0, 100), got {percentile}.")
+        self.percentile = float(percentile)
+        super().__init__(**kwargs)
+
+    @property
+    def options(self):
+        return {**super().options, "percentile": self.percentile}
+
+
+class ReAct(_PercentileDetector):
     """Rectified activations (Sun et al., NeurIPS 2021, Eq. 1): features clipped at c, the
     `percentile` (90, the paper's) of every training activation, flattened; the score is
     the energy logsumexp f(min(z, c)) of the head on the clipped features.
@@ -247,16 +261,6 @@ class ReAct(FeatureDetector):
 
     name = "react"
     required = ("threshold",)
-
-    def __init__(self, percentile=90.0, **kwargs):
-        if not 0 < percentile < 100:
-            raise ValueError(f"react percentile must lie in (0, 100), got {percentile}.")
-        self.percentile = float(percentile)
-        super().__init__(**kwargs)
-
-    @property
-    def options(self):
-        return {**super().options, "percentile": self.percentile}
 
     def statistics_of(self, model, features, labels):
         return {"threshold": np.asarray([np.percentile(features.ravel(), self.percentile)])}
@@ -279,7 +283,7 @@ def _top_sum(features, percentile):
     return tf.reduce_sum(features, axis=1), mask, tf.reduce_sum(features * mask, axis=1)
 
 
-class ASH(FeatureDetector):
+class ASH(_PercentileDetector):
     """ASH-S (Djurisic et al., ICLR 2023, Eq. 3): per input, the activations below its
     `percentile` (90, the paper's) are set to 0 and the rest scaled by exp(s1 / s2), s1
     the sum of every activation and s2 of those kept; the score is the energy of the
@@ -291,16 +295,6 @@ class ASH(FeatureDetector):
 
     name = "ash"
     needs_fit = False
-
-    def __init__(self, percentile=90.0, **kwargs):
-        if not 0 < percentile < 100:
-            raise ValueError(f"ash percentile must lie in (0, 100), got {percentile}.")
-        self.percentile = float(percentile)
-        super().__init__(**kwargs)
-
-    @property
-    def options(self):
-        return {**super().options, "percentile": self.percentile}
 
     def score_features(self, model, features, outputs):
         total, mask, kept = _top_sum(features, self.percentile)

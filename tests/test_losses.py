@@ -66,6 +66,13 @@ def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0,
             a = weight * in_term_weight
             loss += a * np.mean(-f_in[rows, y])
             grad_in += -a * _onehot(y, num_classes) / n_in
+    elif name == "logitnorm":  # Wei et al. 2022, Eq. 5: CE on f / (τ ‖f‖), τ = 0.04
+        norms = np.linalg.norm(f_in, axis=1, keepdims=True)
+        normalised = f_in / (0.04 * norms)
+        loss = -np.mean(_log_softmax(normalised)[rows, y])
+        g = (_softmax(normalised) - _onehot(y, num_classes)) / n_in
+        # d(f / ‖f‖)/df = (I - f fᵀ / ‖f‖²) / ‖f‖
+        grad_in = (g - (g * f_in).sum(1, keepdims=True) * f_in / norms**2) / (0.04 * norms)
     elif name != "ce":
         raise AssertionError(name)
     return loss, grad_in, grad_out
@@ -247,8 +254,8 @@ def test_outlier_exactly_on_a_class_mean_costs_a_large_finite_ice_loss():
 
 # ------------------------------------------------------------------ the API
 def test_registry_names_and_errors():
-    assert losses.names() == ["bce", "ce", "energy", "ice", "ice_minus", "oe"]
-    with pytest.raises(ValueError, match="bce, ce, energy, ice, ice_minus, oe"):
+    assert losses.names() == ["bce", "ce", "energy", "ice", "ice_minus", "logitnorm", "oe"]
+    with pytest.raises(ValueError, match="bce, ce, energy, ice, ice_minus, logitnorm, oe"):
         losses.get("focal")
     with pytest.raises(ValueError, match="lambda"):
         losses.get("ice", weight=-0.1)
@@ -279,3 +286,21 @@ def test_losses_serialize(name):
     assert type(restored) is type(loss)
     assert restored.get_config() == loss.get_config()
     assert restored.name == name
+
+
+def test_logitnorm_is_cross_entropy_on_normalised_logits_and_finite_at_zero():
+    rng = np.random.default_rng(11)
+    logits, labels = rng.normal(0, 3, (8, 5)), np.arange(8) % 5
+    loss = losses.get("logitnorm", temperature=0.04)
+    normalised = logits / ((np.linalg.norm(logits, axis=1, keepdims=True) + 1e-7) * 0.04)
+    top = normalised.max(1)
+    reference = np.mean(np.log(np.exp(normalised - top[:, None]).sum(1)) + top
+                        - normalised[np.arange(8), labels])
+    np.testing.assert_allclose(float(loss(labels, logits)), reference, rtol=1e-5)
+    zeros = tf.zeros((4, 5))
+    with tf.GradientTape() as tape:
+        tape.watch(zeros)
+        value = loss(np.arange(4), zeros)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(tape.gradient(value, zeros)))
+    spec = losses.spec("logitnorm")
+    assert (spec.default_score, spec.uses_outliers, spec.hyperparameters) == ("msp", False, {"temperature": 0.04})

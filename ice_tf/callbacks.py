@@ -33,7 +33,7 @@ import numpy as np
 from ice_tf import analysis, metrics, run_data, scores
 # Resume and the metrics log live in ice_tf.checkpoint; their names stay importable here.
 from ice_tf.checkpoint import (JsonLinesLogger, TrainingCheckpoint, keep_records,  # noqa: F401
-                               read_records, recovered_metrics, restore_training_state,
+                               read_records, restore_training_state,
                                strict_json, training_position, usable_state)
 
 DEFAULT_PROBE_BATCH = 256

@@ -45,18 +45,22 @@ def strict_json(value):
 read_records = folder_lib.read_jsonl  # the one kill-tolerant JSON-lines reader
 
 
-def keep_records(path, last_epoch):
+def keep_records(path, last_epoch, recovered=None):
     """Rewrites a .jsonl of per-epoch records (an "epoch" key each) to those of epochs up
     to `last_epoch`, atomically, and returns them: a resumed run continues the file
-    with exactly one line per epoch. A missing file gives [].
+    with exactly one line per epoch. `recovered`, a record the file lost (its line cut by
+    a power loss; the checkpoint kept it), is appended when it follows the kept ones. A
+    missing file gives [] (or the recovered record alone).
 
     Example:
       keep_records("runs/ice/metrics.jsonl", last_epoch=2)  # the lines of epochs 1 and 2
     """
-    if not os.path.exists(path):
-        return []
     records = [record for record in read_records(path) if record.get("epoch", 0) <= last_epoch]
-    atomic_io.write_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+    last_kept = records[-1].get("epoch", 0) if records else 0
+    if recovered and last_kept < recovered.get("epoch", 0) <= last_epoch:
+        records.append(recovered)
+    if records or os.path.exists(path):
+        atomic_io.write_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
     return records
 
 
@@ -81,12 +85,7 @@ class JsonLinesLogger(keras.callbacks.Callback):
         self._start = None
 
     def on_train_begin(self, logs=None):
-        kept = keep_records(self.path, self.start_epoch)
-        last_kept = kept[-1].get("epoch", 0) if kept else 0
-        if self.recovered and last_kept < self.recovered.get("epoch", 0) <= self.start_epoch:
-            # The line of the checkpointed epoch was cut (a power loss): the state kept it.
-            kept.append(self.recovered)
-            atomic_io.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        kept = keep_records(self.path, self.start_epoch, self.recovered)
         missing = sorted(set(range(1, self.start_epoch + 1)) - {r.get("epoch") for r in kept})
         if missing:
             warnings.warn(f"{self.path} lacks the lines of epochs {missing} (cut by an "
@@ -252,21 +251,23 @@ def usable_state(folder, warn=True):
     return None
 
 
-def training_position(folder):
+def training_position(folder, state=None):
     """(finished epochs, steps into the next epoch, steps in all) of the state
-    `TrainingCheckpoint` saved in `folder` (`usable_state`); (0, 0, 0) when there is none.
+    `TrainingCheckpoint` saved in `folder` (`usable_state`, or `state` when the caller
+    read it already); (0, 0, 0) when there is none.
 
     Example:
       training_position("runs/a")  # (1, 0, 50): after epoch 1 of 50 steps
     """
-    state = usable_state(folder)
+    state = usable_state(folder) if state is None else state
     if not state:
         return 0, 0, 0
     return int(state["epoch"]), int(state.get("step", 0)), int(state["iterations"])
 
 
-def restore_training_state(model, folder):
-    """Loads the state `TrainingCheckpoint` saved in `folder` (`usable_state`) into a
+def restore_training_state(model, folder, state=None):
+    """Loads the state `TrainingCheckpoint` saved in `folder` (`usable_state`, or `state`
+    when the caller read it already: checking it reads the whole weights file) into a
     built, compiled model; returns (finished epochs, steps into the next epoch), (0, 0)
     when there is none.
 
@@ -276,7 +277,7 @@ def restore_training_state(model, folder):
       model.compile(optimizer, loss="ice")
       epoch, step = restore_training_state(model, "runs/ice")  # (2, 0): after epoch 2
     """
-    state = usable_state(folder, warn=False)
+    state = usable_state(folder, warn=False) if state is None else state
     if not state:
         return 0, 0
     weights_path = folder_lib.path(folder, os.path.join(folder_lib.CHECKPOINTS_DIR, state["weights"]))
@@ -296,15 +297,5 @@ def restore_training_state(model, folder):
     return int(state["epoch"]), int(state.get("step", 0))
 
 
-def recovered_metrics(folder):
-    """The metrics line kept in the usable training state (`TrainingCheckpoint`), or None.
-
-    Example:
-      recovered_metrics("runs/a")  # {"epoch": 2, "loss": 0.41, ...}
-    """
-    state = usable_state(folder, warn=False)
-    return (state or {}).get("metrics")
-
-
 __all__ = ["strict_json", "read_records", "keep_records", "JsonLinesLogger", "TrainingCheckpoint",
-           "usable_state", "training_position", "restore_training_state", "recovered_metrics"]
+           "usable_state", "training_position", "restore_training_state"]

@@ -463,6 +463,25 @@ _init.__doc__ = ("ExperimentConfig(**fields): the dataclass fields, and method h
 ExperimentConfig.__init__ = _init
 
 
+def import_modules(modules):
+    """Imports the modules named by --import (a config's `imports`), so that what they
+    register (a loss with its hyperparameters, a backbone, a dataset) is known; a module
+    that fails is a ValueError naming it.
+
+    Example:
+      import_modules(["my_losses"])  # then loss="squared_oe" validates
+    """
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001  (a user's module can raise anything)
+            detail = str(error).splitlines()[0] if str(error) else ""
+            raise ValueError(f"--import={module}: {type(error).__name__}: {detail} (a module on "
+                             "the Python path, e.g. my_losses for ./my_losses.py)") from None
+
+
 def upgrade_dict(values, stored=False):
     """A config dict of an older version in today's fields: `mixed_precision` (a
     boolean until `precision` replaced it) becomes `precision`, and the method
@@ -483,4 +502,4 @@ def upgrade_dict(values, stored=False):
     return values
 
 
-__all__ = ["ExperimentConfig", "upgrade_dict", "OODSetSpec", "SCHEDULES", "PROTOCOLS", "ANALYSES"]
+__all__ = ["ExperimentConfig", "upgrade_dict", "import_modules", "OODSetSpec", "SCHEDULES", "PROTOCOLS", "ANALYSES"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from ice_tf import callbacks as callbacks_lib
 from ice_tf import checkpoint as checkpoint_lib
+from ice_tf import config as config_lib
 from ice_tf import data, distribute, evaluation, export, losses, models
 from ice_tf import precision as precision_lib
 from ice_tf import run_folder as folder_lib
@@ -139,8 +140,9 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
     batch_in, batch_out = (min(config.batch_in, 4), min(config.batch_out, 8)) if dry else (
         config.batch_in, config.batch_out)
     # The stream starts where the interrupted run stopped (its step count in all).
-    start_epoch, start_step, steps_done = (checkpoint_lib.training_position(out) if resume
-                                           else (0, 0, 0))
+    # Read once: checking a state reads its whole weights file back.
+    state = checkpoint_lib.usable_state(out) if resume else None
+    start_epoch, start_step, steps_done = checkpoint_lib.training_position(out, state or {})
     multi_worker = distribute.is_multi_worker(strategy)
     if multi_worker:
         distribute.check_batches(strategy, batch_in=batch_in, batch_out=batch_out)
@@ -164,7 +166,7 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
         if steps_done:
-            checkpoint_lib.restore_training_state(model, out)
+            checkpoint_lib.restore_training_state(model, out, state)
         elif config.schedule == "finetune" and not dry and config.init_checkpoint:
             initialize_from_checkpoint(
                 model, config.init_checkpoint_path, train_ds, steps_per_epoch, verbose=verbose
@@ -190,7 +192,7 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
     logger = None
     if not dry:
         logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch,
-                                 recovered=checkpoint_lib.recovered_metrics(out) if resume else None)
+                                 recovered=(state or {}).get("metrics"))
         callbacks += [
             logger,
             keras.callbacks.TensorBoard(folder_lib.path(out, folder_lib.TENSORBOARD_DIR),
@@ -231,26 +233,9 @@ def load_run(run_dir, **overrides):
                 f"{run_dir} is not a finished run folder (no {name}); "
                 "train it with ice-tf train or ice-tf compare."
             )
-    import_modules(stored.get("imports", ()))
+    config_lib.import_modules(stored.get("imports", ()))
     config = ExperimentConfig.from_dict(stored).replace(**overrides).validate()
     return models.read_model(model_path), config, model_path
-
-
-def import_modules(modules):
-    """Imports the modules a run named with --import (its config's `imports`), so that
-    its method is registered when the run is loaded again.
-
-    Example:
-      import_modules(["my_losses"])
-    """
-    import importlib
-
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ValueError(f"the run imported {module!r} (--import), which cannot be imported "
-                             f"here ({error}); put it on the Python path.") from None
 
 
 def enable_determinism():
@@ -469,6 +454,6 @@ def _total_train_seconds(out, this_process_seconds):
 
 __all__ = [
     "run", "dry_run", "plan_runs", "check_before_training", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
-    "initialize_from_checkpoint", "import_modules", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
+    "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
     "fit_confidence_temperature",
 ]

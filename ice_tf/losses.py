@@ -214,6 +214,13 @@ class OODLoss:
             for key, value in cls().get_config().items() if key != "name")
 
     @classmethod
+    def _default_weight(cls):
+        """λ's default: the declared weight hyperparameter's, else `default_weight` (a
+        class that declares none)."""
+        declared = {h.argument: h.default for h in cls.hyperparameter_specs or ()}
+        return declared.get("weight", cls.default_weight)
+
+    @classmethod
     def hyperparameters(cls):
         """{argument: default} of the method's hyperparameters.
 
@@ -223,7 +230,7 @@ class OODLoss:
         return {h.argument: h.default for h in cls.declared_hyperparameters()}
 
     def __init__(self, weight=None, name=None):
-        self.weight = _check_weight("weight (lambda)", self.default_weight if weight is None else weight)
+        self.weight = _check_weight("weight (lambda)", self._default_weight() if weight is None else weight)
         self.name = name or _REVERSE_REGISTRY.get(type(self), type(self).__name__)
 
     def extra_terms(self, labels, outputs_in, outputs_out):
@@ -350,7 +357,6 @@ class OutlierExposureLoss(OODLoss):
     """
 
     term_names = ("ce", "out_term")
-    default_weight = 0.5
     display_name = "OE"
     hyperparameter_specs = (weight_hyperparameter(0.5),)
 
@@ -375,7 +381,6 @@ class EnergyLoss(OODLoss):
     """
 
     term_names = ("ce", "in_term", "out_term")
-    default_weight = 0.1
     default_score = "energy"
     display_name = "Energy"
     hyperparameter_specs = (
@@ -420,11 +425,6 @@ class BinaryCrossEntropyLoss(OODLoss):
     default_score = "max_logit"
     display_name = "BCE"
     hyperparameter_specs = (weight_hyperparameter(0.03),)
-
-    def __init__(self, weight=None, name=None):
-        if weight is None:
-            weight = InDistributionCompatibleLoss.default_weight
-        super().__init__(weight=weight, name=name)
 
     def extra_terms(self, labels, outputs_in, outputs_out):
         target = tf.gather(outputs_in, labels, axis=-1, batch_dims=1)
@@ -495,7 +495,6 @@ class InDistributionCompatibleLoss(OODLoss):
     """
 
     term_names = ("ce", "in_term", "out_term")
-    default_weight = 0.03
     default_head = "gaussian"
     default_score = "ice"
     display_name = "ICE"

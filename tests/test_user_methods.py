@@ -29,7 +29,6 @@ USER_MODULE = textwrap.dedent('''
         """OE's outlier term with |f - mean f| ** p in place of the uniform CE."""
 
         term_names = ("ce", "out_term")
-        default_weight = 0.5
         hyperparameter_specs = (
             ice_tf.losses.weight_hyperparameter(0.5),
             ice_tf.losses.Hyperparameter("power", 2.0, "Exponent p of the outlier term.",

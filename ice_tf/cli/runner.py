@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import textwrap
@@ -148,14 +147,14 @@ def import_user_modules(modules):
     Example:
       import_user_modules(["my_losses"])  # then --loss=squared_oe is a choice
     """
+    from ice_tf import config  # no TensorFlow
+
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except Exception as error:  # noqa: BLE001  (a user's module can raise anything)
-            _fail(f"--import={module}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
-                  "(a module on the Python path, e.g. my_losses for ./my_losses.py)")
+    try:
+        config.import_modules(modules)
+    except ValueError as error:
+        _fail(str(error))
 
 
 def command(define_flags, main, doc):
@@ -180,7 +179,7 @@ def command(define_flags, main, doc):
                 f"${IMPORTS_ENV}, comma separated): a loss it registers is a --loss choice with "
                 "its own hyperparameter flags.")
         define_flags()
-        run(main, doc, argv)
+        run(main, doc, expanded)  # flag files read once
 
     run_command.__doc__ = ("Runs the command with `argv` (default: sys.argv): its flags are "
                            "defined, flag files expanded, and user errors printed in one line.")

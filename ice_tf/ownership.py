@@ -1,7 +1,7 @@
 """What ice-tf wrote, and removing that alone: a user's file is never removed or overwritten.
 
 Two kinds of folder are ice-tf's own:
-- a run folder, marked by `ice_tf.run_folder.RUN_MARKER` written before anything else;
+- a run folder, marked by `ice_tf.experiment.run_folder.RUN_MARKER` written before anything else;
 - an exported SavedModel, marked by `EXPORT_MARKER`, which lists every file the export
   wrote.
 

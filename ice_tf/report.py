@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 
-from ice_tf import data, detectors, evaluation, export, models
+from ice_tf import data, detectors, export, models
+from ice_tf.experiment import evaluation
 
 
 class EvaluationReport:
     """Per-set and mean metrics of each score, with accuracy.
 
     Attributes:
-      results: {score: the `ice_tf.evaluation.evaluate_model` dict} (fractions in [0, 1]).
+      results: {score: the `ice_tf.experiment.evaluation.evaluate_model` dict} (fractions in [0, 1]).
       scores: {score: {"in": scores, set: scores}} raw scores (higher = more in-distribution).
       accuracy: in-distribution accuracy.
 
@@ -52,7 +53,7 @@ class EvaluationReport:
 
     def plot_roc(self, path):
         """Writes ROC curves (one panel per OOD set, one curve per score) as a PNG."""
-        from ice_tf import plotting
+        from ice_tf.figures import plotting
 
         sets = [label for label in next(iter(self.scores.values())) if label != "in"]
         figure, _ = plotting.roc_figure(self.scores, sets)

@@ -20,7 +20,8 @@ import os
 
 from absl import app, flags
 
-from ice_tf import analysis, atomic_io, run_folder
+from ice_tf import analysis, atomic_io
+from ice_tf.experiment import run_folder
 from ice_tf.cli import seed_flags
 
 flags.DEFINE_string("runs_dir", None, "A comparison folder holding <label>/seed<k>/ run folders.")
@@ -52,7 +53,7 @@ def find_runs(runs_dir, seed):
     runs = {}
     for label in sorted(os.listdir(runs_dir), key=_sort_key):
         run_dir = run_folder.method_run(runs_dir, label, seed)
-        if os.path.isdir(os.path.join(run_dir, analysis.ANALYSIS_DIR)):
+        if os.path.isdir(os.path.join(run_dir, run_folder.ANALYSIS_DIR)):
             runs[label] = run_dir
     return runs
 
@@ -115,7 +116,7 @@ def main(argv):
             "no runs with analyses: give --runs_dir (with <label>/seed<k>/analysis/ folders) "
             "or --run=label:run_dir; train with --analyses=gradient_meter,shift,confidence."
         )
-    runs = {label: [analysis.read_analyses(path) for path in paths]
+    runs = {label: [run_folder.read_analyses(path) for path in paths]
             for label, paths in run_dirs.items()}
     empty = [path for paths, found in zip(run_dirs.values(), runs.values())
              for path, one in zip(paths, found) if not one]

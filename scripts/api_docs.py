@@ -35,7 +35,8 @@ def modules():
 
     names = ["ice_tf"] + sorted(
         info.name for info in pkgutil.walk_packages(ice_tf.__path__, "ice_tf.")
-        if not any(part.startswith("_") for part in info.name.split(".")))  # private modules
+        if not any(part.startswith("_") for part in info.name.split("."))  # private modules
+        and info.name.split(".", 1)[1] not in ice_tf._OLD_PATHS)  # aliases of moved modules
     return [importlib.import_module(name) for name in names]
 
 

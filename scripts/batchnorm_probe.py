@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from ice_tf import experiment, models, run_data, run_folder  # noqa: E402
+from ice_tf import experiment, models  # noqa: E402
+from ice_tf.experiment import run_data, run_folder  # noqa: E402
 from ice_tf.cli import runner  # noqa: E402
 
 FLAGS = flags.FLAGS

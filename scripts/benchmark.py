@@ -192,7 +192,7 @@ def _make_dataset(method, config, rng):
 
 def epoch_config(method, config):
     """The `ExperimentConfig` of an epoch-mode row: the demo's data and schedule."""
-    from ice_tf.config import ExperimentConfig
+    from ice_tf.experiment.config import ExperimentConfig
 
     return ExperimentConfig(
         in_dataset="embedded_fashion_mnist", outlier_dataset="embedded_outliers",

@@ -44,7 +44,9 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import calibration, evaluation, experiment, metrics, plotting, run_data, run_folder, scores  # noqa: E402
+from ice_tf import calibration, experiment, metrics, scores  # noqa: E402
+from ice_tf.experiment import evaluation, run_data, run_folder  # noqa: E402
+from ice_tf.figures import plotting  # noqa: E402
 
 CREATE_RUNS = run_folder.DEMO_COMMAND
 

@@ -24,9 +24,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from ice_tf import backbones, layers, losses, models, run_data  # noqa: E402
+from ice_tf import backbones, layers, losses, models  # noqa: E402
+from ice_tf.experiment import run_data  # noqa: E402
 from ice_tf.cli import runner, seed_flags  # noqa: E402
-from ice_tf.config import ExperimentConfig  # noqa: E402
+from ice_tf.experiment.config import ExperimentConfig  # noqa: E402
 from ice_tf.experiment import HEAD_INIT_BATCHES  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -35,8 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from ice_tf import run_folder  # noqa: E402
-from ice_tf.run_folder import without_timing  # noqa: E402
+from ice_tf.experiment import run_folder  # noqa: E402
+from ice_tf.experiment.run_folder import without_timing  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = [

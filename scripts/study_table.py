@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from ice_tf import run_folder  # no TensorFlow: the run folder's readers
+from ice_tf.experiment import run_folder  # no TensorFlow: the run folder's readers
 
 OWN = "own score"  # the run's own score: msp for a linear head, ice (max h) for a Gaussian one
 

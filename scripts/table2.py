@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
-from ice_tf import metrics, run_folder  # noqa: E402  (light: no TensorFlow)
+from ice_tf import metrics  # noqa: E402  (light: no TensorFlow)
+from ice_tf.experiment import run_folder  # noqa: E402
 
 # TensorFlow is imported in main once the arguments are checked, so mistakes fail at once.
 
@@ -120,7 +121,8 @@ def main(argv):
         overrides = experiment_flags.parse_overrides(FLAGS.set)
     except ValueError as error:
         raise app.UsageError(f"--set: {error}") from None
-    from ice_tf import evaluation, experiment, losses, run_data
+    from ice_tf import experiment, losses
+    from ice_tf.experiment import evaluation, run_data
     options = experiment_flags.detector_options(FLAGS)
     jobs = []
     for seed, (plain, methods) in zip(seeds, runs_by_seed):

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from ice_tf import experiment  # noqa: E402
-from ice_tf.config import ExperimentConfig  # noqa: E402
+from ice_tf.experiment.config import ExperimentConfig  # noqa: E402
 
 TINY_DETERMINISTIC = dict(
     backbone="small_cnn", loss="ice", limit_train=192, batch_in=32, batch_out=64, epochs=3,

@@ -68,7 +68,7 @@ def run(folder, kill_at=None):
     from fault_runner import TINY_DETERMINISTIC, KillAt
 
     from ice_tf import experiment
-    from ice_tf.config import ExperimentConfig
+    from ice_tf.experiment.config import ExperimentConfig
 
     settings = dict(TINY_DETERMINISTIC, epochs=2, analyses=(), precision="float32")
     config = ExperimentConfig(**settings, strategy="multi_worker", output_dir=folder)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ice_tf import analysis, atomic_io, losses
+from ice_tf.experiment import run_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -241,7 +242,7 @@ def _records(epochs, scale):
 
 def _write_run(run_dir, records, names=analysis.ANALYSES):
     for name in names:
-        path = analysis.analysis_path(str(run_dir), name)
+        path = run_folder.analysis_path(str(run_dir), name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as stream:
             stream.writelines(json.dumps(r) + "\n" for r in records[name])
@@ -250,7 +251,7 @@ def _write_run(run_dir, records, names=analysis.ANALYSES):
 def test_read_analyses_and_summary_table(tmp_path):
     records = _records([0, 1, 2], scale=1)
     _write_run(tmp_path / "run", records, names=("gradient_meter", "shift"))
-    read = analysis.read_analyses(str(tmp_path / "run"))
+    read = run_folder.read_analyses(str(tmp_path / "run"))
     assert read == {"gradient_meter": records["gradient_meter"], "shift": records["shift"]}
     rows = analysis.summary_rows(read)
     assert [row["epoch"] for row in rows] == [0, 1, 2]
@@ -261,7 +262,7 @@ def test_read_analyses_and_summary_table(tmp_path):
     assert "Conf. ID" not in table  # no run has confidence records
     assert "| oe | 2 | 10.0 | 40.0 | 15.0 | 3 | 3 | 1.00 | 10.0 |" in table
     with pytest.raises(ValueError, match="valid analyses"):
-        analysis.analysis_path("run", "tsne")
+        run_folder.analysis_path("run", "tsne")
 
 
 def test_write_atomic_leaves_no_temporary(tmp_path):
@@ -310,7 +311,7 @@ def test_analysis_table_script_reads_a_comparison_folder(tmp_path):
 def test_summary_over_seeds_gives_means_and_population_stds(tmp_path):
     _write_run(tmp_path / "s1", _records([0, 1, 2], scale=1))
     _write_run(tmp_path / "s2", _records([0, 1], scale=2))
-    seeds = [analysis.read_analyses(str(tmp_path / name)) for name in ("s1", "s2")]
+    seeds = [run_folder.read_analyses(str(tmp_path / name)) for name in ("s1", "s2")]
     rows = analysis.summary_rows_over_seeds(seeds)
     assert [row["epoch"] for row in rows] == [0, 1]  # seed 2 has no epoch 2
     assert rows[1]["Contr. in %"] == pytest.approx(15.0)  # 10 and 20

@@ -91,36 +91,77 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert "ice_tf.backbones" in graph["ice_tf.models.ood_model"]  # imported inside build_model
-    assert "ice_tf.run_data" in graph["ice_tf.callbacks"]
+    assert "ice_tf.analysis" in graph["ice_tf.experiment.run_folder"]  # inside analysis_path
 
 
-CORE = ("layers", "losses", "gda", "scores", "metrics", "calibration", "models", "distribute",
-        "precision",
-        "export", "backbones", "data", "atomic_io", "ownership")
-MACHINERY = ("config", "run_data", "run_folder", "run_lock", "detectors", "evaluation", "experiment",
-             "analysis", "callbacks", "checkpoint")
-# The user-facing top: figures, the one-call evaluation, the command line.
-FIGURES = ("toy", "plotting", "report", "cli", "__main__")
+# The layers, lowest first: a module imports only from its own layer or those below.
+# Each is a folder (a package) or a few small modules; __init__.py names the same layers.
+LAYERS = (
+    ("foundation", ("atomic_io", "json_lines", "ownership", "precision")),
+    ("maths", ("layers", "losses", "scores", "metrics", "calibration", "gda", "distribute")),
+    ("parts", ("data", "backbones", "detectors", "models", "export")),
+    ("analysis", ("analysis",)),
+    ("experiment", ("experiment",)),
+    ("top", ("figures", "report", "cli", "__main__")),
+)
+# Earlier module paths: thin aliases of the modules they became (ice_tf/_moved.py).
+OLD_PATHS = ("_moved", "callbacks", "checkpoint", "config", "evaluation", "plotting", "run_data",
+             "run_folder", "run_lock", "toy")
+FOLDERS = ("analysis", "backbones", "cli", "data", "detectors", "experiment", "figures", "models")
 
 
 def _layer_of(module):
     top = module.split(".")[1] if module.count(".") else None
-    for layer, names in (("core", CORE), ("machinery", MACHINERY), ("figures", FIGURES)):
+    for rank, (_, names) in enumerate(LAYERS):
         if top in names:
-            return layer
+            return rank
     return None
 
 
-def test_imports_point_downwards_core_machinery_figures():
-    order = {"core": 0, "machinery": 1, "figures": 2}
+def test_every_module_belongs_to_one_layer():
+    unplaced = [m for m in import_graph() if m != "ice_tf" and _layer_of(m) is None
+                and m.split(".")[1] not in OLD_PATHS]
+    assert not unplaced, unplaced
+    for folder in FOLDERS:
+        assert os.path.isfile(os.path.join(PACKAGE, folder, "__init__.py")), folder
+
+
+def test_imports_point_downwards_through_the_layers():
     upward = [
         f"{module} -> {target}"
-        for module, edges in import_graph().items() if _layer_of(module)
-        for target in edges if _layer_of(target)
-        and order[_layer_of(target)] > order[_layer_of(module)]
+        for module, edges in import_graph().items() if _layer_of(module) is not None
+        for target in edges if _layer_of(target) is not None
+        and _layer_of(target) > _layer_of(module)
     ]
     assert not upward, upward
-    assert {_layer_of(m) for m in import_graph() if m != "ice_tf"} == {"core", "machinery", "figures"}
+
+
+def test_the_experiment_machinery_analyses_and_figures_are_folders():
+    graph = import_graph()
+    for name in ("config", "run_folder", "run_lock", "run_data", "checkpoint", "evaluation",
+                 "analyses", "runner"):
+        assert f"ice_tf.experiment.{name}" in graph
+    assert {"ice_tf.analysis.statistics", "ice_tf.analysis.probes",
+            "ice_tf.figures.plotting", "ice_tf.figures.toy"} <= set(graph)
+    # The old paths hold no code of their own: each only hands out the module it became.
+    for name in OLD_PATHS[1:]:
+        assert open(os.path.join(PACKAGE, f"{name}.py")).read().count("\n") < 25, name
+
+
+def test_old_module_paths_still_import_with_a_deprecation_warning():
+    import importlib
+    import sys
+    import warnings
+
+    from ice_tf.experiment import config
+
+    sys.modules.pop("ice_tf.config", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("ice_tf.config")
+    assert old is config
+    assert any("ice_tf.experiment.config" in str(w.message) for w in caught
+               if issubclass(w.category, DeprecationWarning))
 
 
 LONG_MODULE_LINES = 520  # "about 500"

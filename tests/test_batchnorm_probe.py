@@ -4,7 +4,7 @@ import numpy as np
 from helpers import load_script, tiny_backbone
 
 from ice_tf import layers, models
-from ice_tf.config import ExperimentConfig
+from ice_tf.experiment.config import ExperimentConfig
 
 
 def test_probe_measures_without_changing_the_model():

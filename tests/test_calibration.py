@@ -197,7 +197,7 @@ def _tiny_run(folder, loss):
     import keras
 
     from ice_tf import layers, models
-    from ice_tf.config import ExperimentConfig
+    from ice_tf.experiment.config import ExperimentConfig
 
     config = ExperimentConfig(
         loss=loss, backbone="small_cnn", eval_limit=40, eval_batch_size=20, epochs=1,
@@ -220,7 +220,7 @@ def _confidences_of_run(folder, temperature=1.0):
 
     import ice_tf.models  # noqa: F401  (registers the custom classes)
     from ice_tf import experiment
-    from ice_tf.config import ExperimentConfig
+    from ice_tf.experiment.config import ExperimentConfig
 
     config = ExperimentConfig.from_dict(json.loads((folder / "config.json").read_text()))
     model = keras.models.load_model(folder / "model.keras", compile=False)

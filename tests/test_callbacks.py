@@ -10,8 +10,10 @@ import pytest
 from absl import flags
 from helpers import blob_data, tiny_backbone, zipped_dataset
 
-from ice_tf import analysis, callbacks, experiment, layers, models
-from ice_tf.config import ExperimentConfig
+from ice_tf import analysis, experiment, layers, models
+from ice_tf.analysis import probes as callbacks
+from ice_tf.experiment import analyses, checkpoint, run_folder
+from ice_tf.experiment.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +51,7 @@ def _finite(value):
 def test_callbacks_record_every_epoch_and_match_a_recomputation(tmp_path):
     model, made, history, probes = _fit("linear", "oe", tmp_path)
     probe_in, probe_labels, probe_out, eval_in, outliers = probes
-    read = analysis.read_analyses(str(tmp_path))
+    read = run_folder.read_analyses(str(tmp_path))
     for name, callback in made.items():
         assert [r["epoch"] for r in read[name]] == [0, 1, 2]  # before training + 2 epochs
         assert read[name] == callback.history and all(_finite(r) for r in read[name])
@@ -105,7 +107,7 @@ def test_a_second_fit_appends_and_memory_only_callbacks_write_nothing(tmp_path):
     data = zipped_dataset(images, labels, outliers)
     model.fit(data, epochs=1, verbose=0, callbacks=[on_disk, in_memory])
     model.fit(data, epochs=1, verbose=0, callbacks=[on_disk, in_memory])
-    assert [r["epoch"] for r in analysis.read_jsonl(tmp_path / "s.jsonl")] == [0, 1, 1]
+    assert [r["epoch"] for r in run_folder.read_jsonl(tmp_path / "s.jsonl")] == [0, 1, 1]
     assert [r["epoch"] for r in in_memory.history] == [0, 1, 1]
     assert os.listdir(tmp_path) == ["s.jsonl"]
 
@@ -167,7 +169,7 @@ TINY = dict(
 
 def test_build_probes_follows_the_config():
     config = ExperimentConfig(loss="oe", analyses=("shift", "confidence"), **TINY)
-    probes = callbacks.build_probes(config, size=12)
+    probes = analyses.build_probes(config, size=12)
     images, labels = probes["train"]
     assert images.shape == (12, 28, 28, 1) and labels.shape == (12,) and labels.min() >= 0
     assert probes["outliers"].shape == (12, 28, 28, 1)
@@ -175,9 +177,9 @@ def test_build_probes_follows_the_config():
     assert {k: v.shape for k, v in probes["ood"].items()} == {
         "mnist": (12, 28, 28, 1), "gaussian": (12, 28, 28, 1)
     }
-    only_confidence = callbacks.build_probes(config.replace(analyses=("confidence",)), 4)
+    only_confidence = analyses.build_probes(config.replace(analyses=("confidence",)), 4)
     assert only_confidence.keys() == {"eval", "ood"}
-    assert callbacks.analysis_callbacks(config.replace(analyses=())) == []
+    assert analyses.analysis_callbacks(config.replace(analyses=())) == []
 
 
 def test_dry_run_and_run_record_the_analyses(tmp_path):
@@ -190,7 +192,7 @@ def test_dry_run_and_run_record_the_analyses(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
     experiment.run(config, verbose=0)
-    read = analysis.read_analyses(str(tmp_path / "run"))
+    read = run_folder.read_analyses(str(tmp_path / "run"))
     assert set(read) == {"gradient_meter", "shift", "confidence"}
     for records in read.values():
         assert [r["epoch"] for r in records] == [0, 1] and all(_finite(r) for r in records)
@@ -222,7 +224,7 @@ def test_the_metrics_log_writes_non_finite_values_as_null(tmp_path):
     class _Model:
         optimizer = keras.optimizers.SGD(0.1)
 
-    logger = callbacks.JsonLinesLogger(str(tmp_path / "metrics.jsonl"))
+    logger = checkpoint.JsonLinesLogger(str(tmp_path / "metrics.jsonl"))
     logger.set_model(_Model())
     logger.on_train_begin()
     logger.on_epoch_end(0, {"loss": float("nan"), "accuracy": 0.5, "ce": float("inf")})
@@ -232,7 +234,8 @@ def test_the_metrics_log_writes_non_finite_values_as_null(tmp_path):
 
 def test_gaussian_head_monitor_logs_the_scale_of_l():
     from helpers import blob_data, tiny_backbone, zipped_dataset
-    from ice_tf import callbacks, layers, models
+    from ice_tf import layers, models
+    from ice_tf.analysis import probes as callbacks
 
     images, labels, outliers = blob_data()
     model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 3))

@@ -13,7 +13,7 @@ from absl import flags
 
 from ice_tf.cli import experiment_flags, flagfiles, runner, seed_flags
 from ice_tf import losses
-from ice_tf.config import ExperimentConfig
+from ice_tf.experiment.config import ExperimentConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
@@ -173,9 +173,9 @@ sys.meta_path.insert(0, Hide())
 
 def test_without_tensorflow_the_import_error_names_the_extras(tmp_path):
     code = _HIDE_TENSORFLOW + (
-        "import ice_tf.metrics, ice_tf.config, ice_tf.run_folder\n"
-        "stored = ice_tf.config.ExperimentConfig.from_dict({'loss': 'oe', 'epochs': 3}).to_dict()\n"
-        "assert ice_tf.run_folder.config_differences(stored, stored) == []\n"
+        "import ice_tf.metrics, ice_tf.experiment.config, ice_tf.experiment.run_folder\n"
+        "stored = ice_tf.experiment.config.ExperimentConfig.from_dict({'loss': 'oe', 'epochs': 3}).to_dict()\n"
+        "assert ice_tf.experiment.run_folder.config_differences(stored, stored) == []\n"
         "import ice_tf.models\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=120)

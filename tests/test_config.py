@@ -3,7 +3,7 @@
 import pytest
 
 from ice_tf import losses
-from ice_tf.config import ExperimentConfig, OODSetSpec
+from ice_tf.experiment.config import ExperimentConfig, OODSetSpec
 
 
 def test_ood_set_specs():

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import detectors, experiment, layers, models, run_data, scores
-from ice_tf.config import ExperimentConfig
+from ice_tf import detectors, experiment, layers, models, scores
+from ice_tf.experiment import evaluation, run_data, run_folder
+from ice_tf.experiment.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (3, 3, 2)
@@ -226,24 +227,24 @@ def test_for_run_ties_statistics_to_the_model_file(tmp_path):
     assert fingerprint["sha256"] == hashlib.sha256(open(model_path, "rb").read()).hexdigest()
     assert fingerprint["bytes"] == os.path.getsize(model_path)
     config = ExperimentConfig(in_dataset="embedded_fashion_mnist")
-    detector = detectors.for_run("mahalanobis", config, model_path, mahalanobis_epsilon=0.001)
-    assert detector.stats_path == str(tmp_path / detectors.STATS_FILE)
+    detector = evaluation.for_run("mahalanobis", config, model_path, mahalanobis_epsilon=0.001)
+    assert detector.stats_path == str(tmp_path / run_folder.STATS_FILE)
     assert detector.epsilon == 0.001 and detector.fingerprint["model"] == fingerprint
-    assert detectors.default_stats_path(str(tmp_path / "best.keras")) == str(
+    assert evaluation.default_stats_path(str(tmp_path / "best.keras")) == str(
         tmp_path / "best_mahalanobis_stats.npz")
-    odin = detectors.for_run("odin", config, model_path, odin_temperature=100.0)
+    odin = evaluation.for_run("odin", config, model_path, odin_temperature=100.0)
     assert odin.temperature == 100.0 and odin.epsilon == 0.0014
     np.testing.assert_allclose(odin.std.numpy(), [0.353011])
-    assert isinstance(detectors.for_run("energy", config, model_path), detectors.OutputScore)
+    assert isinstance(evaluation.for_run("energy", config, model_path), detectors.OutputScore)
     # New weights, a new file hash: the saved statistics no longer match.
     x_train, y_train = _train_data()
     detector.fit(model, _dataset(x_train, y_train), verbose=0)
     model.backbone.layers[-1].set_weights([w * 2 for w in model.backbone.layers[-1].get_weights()])
     model.save(model_path)
-    refreshed = detectors.for_run("mahalanobis", config, model_path)
+    refreshed = evaluation.for_run("mahalanobis", config, model_path)
     assert not refreshed.fit(model, _dataset(x_train, y_train), verbose=0).reused
     np.testing.assert_allclose(refreshed.means, 2 * detector.means, rtol=1e-5, atol=1e-5)
-    assert detectors.for_run("mahalanobis", config, model_path).fit(model, _Untouchable(), verbose=0).reused
+    assert evaluation.for_run("mahalanobis", config, model_path).fit(model, _Untouchable(), verbose=0).reused
 
 
 def test_train_dataset_for_reads_the_runs_training_images_unaugmented():
@@ -279,7 +280,7 @@ def test_registry_names_output_scores_and_errors():
     with pytest.raises(ValueError, match="std must be positive"):
         detectors.ODIN(std=[0.5, 0.0])
     with pytest.raises(ValueError, match="valid detectors"):
-        detectors.for_run("gram", ExperimentConfig(), "model.keras")
+        evaluation.for_run("gram", ExperimentConfig(), "model.keras")
 
 
 # ------------------------------------------------------------ evaluate.py
@@ -319,10 +320,10 @@ def test_evaluate_script_runs_post_hoc_detectors_and_reuses_statistics(tmp_path)
     assert results["mahalanobis"]["detector_options"]["epsilon"] == 0.001
     assert results["odin"]["accuracy"] == results["msp"]["accuracy"] == results["mahalanobis"]["accuracy"]
     assert results["msp"]["num_in"] == 40 and set(results["odin"]["sets"]) == {"gaussian", "mnist"}
-    assert (run_dir / detectors.STATS_FILE).exists()
+    assert (run_dir / run_folder.STATS_FILE).exists()
     assert "Score `mahalanobis`" in first.stdout and "reusing" not in first.stdout
     # A later evaluation of the same run finds the saved statistics and reads no training image.
     config = ExperimentConfig.from_dict(json.load(open(run_dir / "config.json")))
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    reloaded = detectors.for_run("mahalanobis", config, str(run_dir / "model.keras"))
+    reloaded = evaluation.for_run("mahalanobis", config, str(run_dir / "model.keras"))
     assert reloaded.fit(model, _Untouchable(), verbose=0).reused

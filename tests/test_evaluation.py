@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import evaluation, metrics
+from ice_tf import metrics
+from ice_tf.experiment import evaluation
 
 
 def _constant_model(outputs_by_value):

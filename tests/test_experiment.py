@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from helpers import tiny_backbone
 from ice_tf import experiment, export, layers, losses, models, scores
-from ice_tf.config import ExperimentConfig
+from ice_tf.experiment.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

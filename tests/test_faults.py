@@ -1,7 +1,7 @@
 """Faults a long run meets: kills, a second process, reruns, bad inputs, NaNs, serving.
 
-Each case is one row of the run-folder contract (ice_tf.run_folder) or of the checks
-before training (ice_tf.run_data.check_sources); scripts/soak_resume.py kills a run at
+Each case is one row of the run-folder contract (ice_tf.experiment.run_folder) or of the checks
+before training (ice_tf.experiment.run_data.check_sources); scripts/soak_resume.py kills a run at
 random points instead of the fixed ones here.
 """
 
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import atomic_io, callbacks, experiment, export, layers, losses, models
-from ice_tf import run_folder
-from ice_tf.config import ExperimentConfig
-from ice_tf.run_data import DataCheckError, check_sources
+from ice_tf import atomic_io, experiment, export, layers, losses, models
+from ice_tf.experiment import checkpoint as checkpoint_lib
+from ice_tf.experiment import run_folder
+from ice_tf.experiment.config import ExperimentConfig
+from ice_tf.experiment.run_data import DataCheckError, check_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(REPO, "tests", "fault_runner.py")
@@ -123,7 +124,7 @@ def test_the_checkpoint_keeps_the_last_finite_state(tmp_path):
     model = models.build_model("small_cnn", (28, 28, 1), 10, head="gaussian")
     model.compile(keras.optimizers.SGD(0.1), loss=losses.get("ice"))
     model.optimizer.build(model.trainable_variables)
-    checkpoint = callbacks.TrainingCheckpoint(str(tmp_path))
+    checkpoint = checkpoint_lib.TrainingCheckpoint(str(tmp_path))
     checkpoint.set_model(model)
     checkpoint.on_epoch_end(0)
     kept = model.get_weights()
@@ -133,7 +134,7 @@ def test_the_checkpoint_keeps_the_last_finite_state(tmp_path):
     assert state["epoch"] == 1 and state["weights"] == "epoch-0001.weights.h5"
     fresh = models.build_model("small_cnn", (28, 28, 1), 10, head="gaussian")
     fresh.compile(keras.optimizers.SGD(0.1), loss=losses.get("ice"))
-    assert callbacks.restore_training_state(fresh, str(tmp_path)) == (1, 0)
+    assert checkpoint_lib.restore_training_state(fresh, str(tmp_path)) == (1, 0)
     assert all(np.array_equal(a, b) for a, b in zip(kept, fresh.get_weights()))
 
 
@@ -278,7 +279,7 @@ def test_a_killed_model_save_leaves_the_old_file_and_no_partial_one(tmp_path, mo
 def test_metrics_lines_of_a_resumed_run_are_cut_back_to_its_start(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "loss": null}\n{"epoch": 3, "lo')
-    logger = callbacks.JsonLinesLogger(str(path), start_epoch=2)
+    logger = checkpoint_lib.JsonLinesLogger(str(path), start_epoch=2)
     logger.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     logger.model.compile(keras.optimizers.SGD(0.1), "mse")
     logger.on_train_begin()

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 import ice_tf
-from ice_tf import detectors, models, run_folder, scores
+from ice_tf import detectors, models, scores
+from ice_tf.experiment import evaluation, run_folder
 
 
 def _logsumexp(values):
@@ -162,7 +163,7 @@ def test_fitted_statistics_are_saved_beside_the_model_and_reused(fitted, tmp_pat
     other = detectors.KNN(k=3, stats_path=str(path), fingerprint={"model": "b"})
     assert not other.fit(fitted["model"], fitted["train"], verbose=0).reused  # stale: refitted
     assert run_folder.stats_file("knn") in run_folder.PRODUCT_FILES
-    assert detectors.default_stats_path("runs/x/model.keras", "vim").endswith("runs/x/vim_stats.npz")
+    assert evaluation.default_stats_path("runs/x/model.keras", "vim").endswith("runs/x/vim_stats.npz")
 
 
 def test_ice_tf_evaluate_takes_every_new_detector_on_a_plain_classifier(fitted):
@@ -176,3 +177,7 @@ def test_ice_tf_evaluate_takes_every_new_detector_on_a_plain_classifier(fitted):
         assert 0.0 <= report.results[name]["mean"]["auroc"]["mean"] <= 1.0, name
     with pytest.raises(ValueError, match="score 'knn' fits statistics: pass train_data"):
         ice_tf.evaluate(fitted["model"], (x, y), {"noise": x}, scores=["knn"], verbose=0)
+
+
+def test_the_run_folder_keeps_the_statistics_of_every_fitted_detector():
+    assert sorted(run_folder.FITTED_DETECTORS) == detectors.fitted_names()

@@ -1,4 +1,4 @@
-"""Figure helpers (ice_tf.toy, ice_tf.plotting) and the figure scripts on tiny inputs.
+"""Figure helpers (ice_tf.figures.toy, ice_tf.figures.plotting) and the figure scripts on tiny inputs.
 
 The four scripts run as subprocesses, all started together by one fixture (each pays
 for its own Python and, for Figs. 3 and 4, TensorFlow start-up); the in-process tests
@@ -18,8 +18,9 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import roc_auc_score
 
 from helpers import tiny_backbone
-from ice_tf import layers, models, plotting, toy
-from ice_tf.config import ExperimentConfig
+from ice_tf import layers, models
+from ice_tf.figures import plotting, toy
+from ice_tf.experiment.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = os.path.join(REPO, "scripts", "figures")

@@ -4,8 +4,8 @@ import numpy as np
 import tensorflow as tf
 from helpers import load_script
 
-from ice_tf import run_data
-from ice_tf.config import ExperimentConfig
+from ice_tf.experiment import run_data
+from ice_tf.experiment.config import ExperimentConfig
 
 
 def test_the_in_distribution_term_grows_with_d_and_a_fitted_head_starts_near_the_data():

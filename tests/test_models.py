@@ -206,7 +206,7 @@ class _SquaredOutlierLoss(losses.OODLoss):
 
 
 def test_a_registered_method_trains_and_logs_its_own_terms():
-    from ice_tf.config import ExperimentConfig
+    from ice_tf.experiment.config import ExperimentConfig
 
     losses.register("squared_oe", _SquaredOutlierLoss)
     try:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import data, experiment, run_folder
+from ice_tf import data, experiment
+from ice_tf.experiment import run_folder
 from ice_tf.cli import experiment_flags
-from ice_tf.config import ExperimentConfig
+from ice_tf.experiment.config import ExperimentConfig
 from ice_tf.data import embedded, labelled
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

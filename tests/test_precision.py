@@ -9,8 +9,8 @@ import pytest
 from helpers import zipped_dataset
 
 from ice_tf import layers, models, precision
-from ice_tf.config import ExperimentConfig, upgrade_dict
-from ice_tf.run_folder import config_differences
+from ice_tf.experiment.config import ExperimentConfig, upgrade_dict
+from ice_tf.experiment.run_folder import config_differences
 
 
 def test_auto_prefers_float16_on_gpus_then_bfloat16_cpus():

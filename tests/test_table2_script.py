@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import detectors, evaluation, experiment
-from ice_tf.config import ExperimentConfig
+from ice_tf import experiment
+from ice_tf.experiment import evaluation, run_folder
+from ice_tf.experiment.config import ExperimentConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +64,7 @@ def test_table2_rows_columns_and_values(tmp_path):
     saved = json.load(open(runs / "table2.json"))
     rows = saved["rows"]
     assert [r["score"] for r in rows] == ["msp", "odin", "mahalanobis", "msp", "energy", "ice"]
-    assert (runs / "ce" / "seed1" / detectors.STATS_FILE).exists()
+    assert (runs / "ce" / "seed1" / run_folder.STATS_FILE).exists()
     # The plain rows share one model, hence one accuracy.
     assert rows[0]["accuracy"] == rows[1]["accuracy"] == rows[2]["accuracy"]
 

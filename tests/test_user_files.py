@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import atomic_io, callbacks, experiment, export, losses, models, ownership, run_folder
+from ice_tf import atomic_io, experiment, export, losses, models, ownership
+from ice_tf.experiment import checkpoint as checkpoint_lib
+from ice_tf.experiment import run_folder
 from ice_tf.cli import experiment_flags, quiet, seed_flags
-from ice_tf.config import ExperimentConfig
+from ice_tf.experiment.config import ExperimentConfig
 from ice_tf.data import files, labelled
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,8 +186,8 @@ def _checkpointed(tmp_path, epochs=2):
     model = models.build_model("small_cnn", (28, 28, 1), 10, head="gaussian")
     model.compile(keras.optimizers.SGD(0.1), loss=losses.get("ice"))
     model.optimizer.build(model.trainable_variables)
-    logger = callbacks.JsonLinesLogger(str(tmp_path / run_folder.METRICS_FILE))
-    checkpoint = callbacks.TrainingCheckpoint(str(tmp_path), metrics_logger=logger)
+    logger = checkpoint_lib.JsonLinesLogger(str(tmp_path / run_folder.METRICS_FILE))
+    checkpoint = checkpoint_lib.TrainingCheckpoint(str(tmp_path), metrics_logger=logger)
     for callback in (logger, checkpoint):
         callback.set_model(model)
     logger.on_train_begin()
@@ -216,10 +218,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage
         weights.unlink()
     with pytest.warns(UserWarning, match=r"last.json is damaged .*resuming from .*previous.json "
                       r"\(epoch 1\)"):
-        assert callbacks.training_position(str(tmp_path))[:2] == (1, 0)
+        assert checkpoint_lib.training_position(str(tmp_path))[:2] == (1, 0)
     fresh = models.build_model("small_cnn", (28, 28, 1), 10, head="gaussian")
     fresh.compile(keras.optimizers.SGD(0.1), loss=losses.get("ice"))
-    assert callbacks.restore_training_state(fresh, str(tmp_path)) == (1, 0)
+    assert checkpoint_lib.restore_training_state(fresh, str(tmp_path)) == (1, 0)
 
 
 def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
@@ -228,7 +230,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
     (tmp_path / run_folder.LAST_STATE).write_text("garbage")
     (tmp_path / run_folder.PREVIOUS_STATE).write_text("garbage")
     with pytest.raises(ValueError, match="no usable checkpoint .*pass --overwrite"):
-        callbacks.training_position(str(tmp_path))
+        checkpoint_lib.training_position(str(tmp_path))
     assert (tmp_path / run_folder.METRICS_FILE).read_text() == metrics_before
 
 
@@ -253,7 +255,7 @@ def test_a_cut_metrics_line_is_restored_from_the_checkpoint(tmp_path):
 
 def test_a_full_disk_is_refused_before_the_checkpoint_write(tmp_path, monkeypatch):
     model = _checkpointed(tmp_path, epochs=1)
-    checkpoint = callbacks.TrainingCheckpoint(str(tmp_path))
+    checkpoint = checkpoint_lib.TrainingCheckpoint(str(tmp_path))
     checkpoint.set_model(model)
     monkeypatch.setattr(atomic_io.shutil, "disk_usage",
                         lambda path: type("Usage", (), {"free": 300_000})())
@@ -460,7 +462,7 @@ def test_ctrl_c_stops_a_command_in_one_line(tmp_path):
         "error: interrupted (Ctrl-C); a training run keeps its last checkpoint: run the same "
         "command again to resume.")
     assert not run_folder.is_finished(str(tmp_path / "run"))
-    assert callbacks.training_position(str(tmp_path / "run"))[0] >= 1
+    assert checkpoint_lib.training_position(str(tmp_path / "run"))[0] >= 1
 
 
 def test_the_divergence_error_suggests_the_rate_that_trains():

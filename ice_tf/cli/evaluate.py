@@ -33,8 +33,9 @@ from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
-from ice_tf import detectors, evaluation, experiment, ownership, run_data  # noqa: E402
-from ice_tf.config import ExperimentConfig  # noqa: E402
+from ice_tf import detectors, experiment, ownership  # noqa: E402
+from ice_tf.experiment import evaluation, run_data
+from ice_tf.experiment.config import ExperimentConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 

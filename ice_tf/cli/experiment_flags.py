@@ -24,8 +24,9 @@ import typing
 
 from absl import app, flags, logging
 
-from ice_tf import backbones, losses, ownership, run_folder
-from ice_tf.config import ExperimentConfig
+from ice_tf import backbones, losses, ownership
+from ice_tf.experiment import run_folder
+from ice_tf.experiment.config import ExperimentConfig
 
 _METHODS = ", ".join(losses.names())
 HELP = {
@@ -449,10 +450,10 @@ def define_detector_flags(flag_values=flags.FLAGS):
 
 
 def detector_options(flag_values=flags.FLAGS):
-    """The detector flags as `ice_tf.detectors.for_run` keyword arguments.
+    """The detector flags as `ice_tf.experiment.evaluation.for_run` keyword arguments.
 
     Example:
-      detectors.for_run("odin", config, model_path, **detector_options())
+      evaluation.for_run("odin", config, model_path, **detector_options())
     """
     return dict(odin_temperature=flag_values.odin_temperature, odin_epsilon=flag_values.odin_epsilon,
                 mahalanobis_epsilon=flag_values.mahalanobis_epsilon, refit=flag_values.refit)

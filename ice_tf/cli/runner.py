@@ -147,7 +147,7 @@ def import_user_modules(modules):
     Example:
       import_user_modules(["my_losses"])  # then --loss=squared_oe is a choice
     """
-    from ice_tf import config  # no TensorFlow
+    from ice_tf.experiment import config  # no TensorFlow
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

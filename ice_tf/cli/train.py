@@ -6,7 +6,7 @@
 
 The run folder gets flags.txt (re-runnable), config.json, metrics.jsonl,
 tensorboard/, checkpoints/, model.keras, saved_model/, results.json and
-results.md (see ice_tf.run_folder). The same command after a kill resumes from the
+results.md (see ice_tf.experiment.run_folder). The same command after a kill resumes from the
 last finished epoch; a finished folder, or one of another config, is refused
 unless --overwrite; a folder another process is writing is refused at once.
 """
@@ -18,7 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
-from ice_tf import evaluation, experiment, run_folder  # noqa: E402
+from ice_tf import experiment  # noqa: E402
+from ice_tf.experiment import evaluation, run_folder
 
 FLAGS = flags.FLAGS
 

@@ -26,11 +26,9 @@ Example:
 
 from __future__ import annotations
 
-import os
 
-from ice_tf import run_folder
 from ice_tf import scores as scores_lib
-from ice_tf.detectors.base import (STATS_FILE, Detector, OutputScore, load_arrays,  # noqa: F401
+from ice_tf.detectors.base import (Detector, OutputScore, load_arrays,  # noqa: F401
                                    load_statistics, model_fingerprint, save_arrays,
                                    save_statistics, training_features)
 from ice_tf.detectors.features import (ASH, FEATURE_DETECTORS, KNN, SCALE,  # noqa: F401
@@ -72,60 +70,44 @@ def get(name, **options):
     raise ValueError(f"Unknown detector {name!r}; valid detectors: {', '.join(names())}.")
 
 
-def default_stats_path(model_path, detector="mahalanobis"):
-    """Where a run's fitted `detector` keeps its statistics: `<run>/mahalanobis_stats.npz`
-    (`<run>/<detector>_stats.npz`) for a run's model.keras, `<name>_<detector>_stats.npz`
-    beside any other .keras file.
+# Names that lived here before the run-folder knowledge moved to the experiment layer.
+_MOVED_NAMES = {"for_run": "ice_tf.experiment.evaluation", "default_stats_path":
+                "ice_tf.experiment.evaluation", "STATS_FILE": "ice_tf.experiment.run_folder"}
+
+
+def __getattr__(name):
+    if name in _MOVED_NAMES:
+        import importlib
+        import warnings
+
+        warnings.warn(f"ice_tf.detectors.{name} is now {_MOVED_NAMES[name]}.{name}.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED_NAMES[name]), name)
+    raise AttributeError(f"module 'ice_tf.detectors' has no attribute {name!r}")
+
+
+def fitted_names():
+    """The detectors fitted to training features, whose statistics a run keeps.
 
     Example:
-      default_stats_path("runs/ice/model.keras")  # 'runs/ice/mahalanobis_stats.npz'
-      default_stats_path("runs/ice/model.keras", "knn")  # 'runs/ice/knn_stats.npz'
+      "knn" in fitted_names()  # True
     """
-    model_path = os.path.abspath(model_path)
-    directory, base = os.path.split(model_path)
-    stats_file = run_folder.stats_file(detector)
-    if base == run_folder.MODEL_FILE:
-        return os.path.join(directory, stats_file)
-    return os.path.join(directory, f"{os.path.splitext(base)[0]}_{stats_file}")
+    return sorted(name for name, detector in _POST_HOC.items() if detector.needs_fit)
 
 
-def for_run(name, config, model_path, *, odin_temperature=1000.0, odin_epsilon=0.0014,
-            mahalanobis_epsilon=0.0, stats_path=None, refit=False):
-    """A detector for a trained run: std from the run's in-distribution normalisation, and
-    the statistics of a fitted detector (Mahalanobis and the feature detectors) cached
-    beside the model file (`default_stats_path`), tied to the model file's hash and to
-    the training images used (dataset, limit, seed).
+def detector_class(name):
+    """The class of post-hoc detector `name` (None for a score of the outputs).
 
     Example:
-      detector = for_run("mahalanobis", config, "runs/ice/model.keras")
+      detector_class("knn")  # KNN
     """
-    from ice_tf import data  # imported here: data loading is heavy for users of the scores only.
-
-    if name not in names():
-        raise ValueError(f"Unknown detector {name!r}; valid detectors: {', '.join(names())}.")
-    std = data.normalization(config.in_dataset)[1]
-    if name == "odin":
-        return ODIN(temperature=odin_temperature, epsilon=odin_epsilon, std=std)
-    if name not in _POST_HOC:
-        return OutputScore(name)
-    if not _POST_HOC[name].needs_fit:
-        return _POST_HOC[name]()
-    fingerprint = {
-        "model": model_fingerprint(model_path),
-        "train": {"dataset": config.in_dataset, "split": "train", "limit": config.limit_train,
-                  "seed": config.seed if config.limit_train else None},
-    }
-    cached = dict(fingerprint=fingerprint, refit=refit,
-                  stats_path=stats_path or default_stats_path(model_path, name))
-    if name == "mahalanobis":
-        return Mahalanobis(epsilon=mahalanobis_epsilon, std=std, **cached)
-    return FEATURE_DETECTORS[name](**cached)
+    return _POST_HOC.get(name)
 
 
 __all__ = [
-    "Detector", "OutputScore", "ODIN", "Mahalanobis", "names", "get", "for_run",
-    "default_stats_path", "class_statistics", "tied_precision",
-    "model_fingerprint", "save_statistics", "load_statistics", "STATS_FILE",
+    "Detector", "OutputScore", "ODIN", "Mahalanobis", "names", "get", "fitted_names",
+    "detector_class", "class_statistics", "tied_precision",
+    "model_fingerprint", "save_statistics", "load_statistics",
     "FeatureDetector", "KNN", "ViM", "ReAct", "ASH", "SCALE", "RelativeMahalanobis",
     "FEATURE_DETECTORS", "vim_dimension", "save_arrays", "load_arrays", "training_features",
 ]

@@ -15,10 +15,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from ice_tf import atomic_io, run_folder
+from ice_tf import atomic_io
 from ice_tf import scores as scores_lib
 
-STATS_FILE = run_folder.STATS_FILE
 _STATS_FORMAT = 1
 
 

@@ -13,7 +13,7 @@ the papers'.
 | `relative_mahalanobis` | max_c -MD_c(z) + MD_0(z), MD_0 of one Gaussian of all training z | means, Σ, μ_0, Σ_0 |
 
 Each fitted detector saves its statistics in `stats_path` (beside the model, tied to
-the model file's hash and the training images; `ice_tf.detectors.for_run`) and reuses
+the model file's hash and the training images; `ice_tf.experiment.evaluation.for_run`) and reuses
 them while that fingerprint matches.
 
 Example:

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from ice_tf import plotting, toy
+from ice_tf.figures import plotting, toy
 
 flags.DEFINE_integer("num_per_class", 200, "Training points per class.")
 flags.DEFINE_float("outlier_distance", 5.0, "Mahalanobis distance of B from the class mean m_y.")

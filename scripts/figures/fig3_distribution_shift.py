@@ -8,7 +8,7 @@ themselves the trainable variables (as if a backbone produced them); the head st
 its initial fit on the in-distribution features: for OE the GDA linear classifier of
 Eq. (0.9) (w_i, b_i), for ICE a `GaussianLayer` fitted to the same features. Each SGD
 step follows the gradients of the project's own losses, `ice_tf.losses.get("oe")`
-(Eq. 0.3) and `get("ice")` (Eq. 0.15), computed with TensorFlow (`ice_tf.toy`).
+(Eq. 0.3) and `get("ice")` (Eq. 0.15), computed with TensorFlow (`ice_tf.figures.toy`).
 Top row OE, bottom row ICE, one panel per snapshot. OE drags the outliers to where
 all logits are equal (Eq. 0.10), the centre between the classes; ICE leaves far
 outliers where they are, pushes near ones away from their nearest class and gathers
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
-from ice_tf import plotting, toy  # noqa: E402
+from ice_tf.figures import plotting, toy  # noqa: E402
 
 flags.DEFINE_integer("num_classes", 3, "In-distribution classes K (>= 2).")
 flags.DEFINE_integer("num_per_class", 40, "In-distribution features per class.")

@@ -9,7 +9,7 @@ writes them) the penultimate features z = `model.features(x)` of `--num_in`
 in-distribution test images and `--num_ood` images of one OOD test set are embedded in
 2-D with t-SNE; in-distribution points are coloured by class, OOD points are black.
 Every panel shows the same images: the evaluation sets are built from each run's
-config (`ice_tf.run_data.make_eval_data`) with the figure's --seed.
+config (`ice_tf.experiment.run_data.make_eval_data`) with the figure's --seed.
 
 scikit-learn's TSNE cannot transform new points, so `--placement` chooses how OOD
 features are placed:
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
-from ice_tf import plotting  # noqa: E402
+from ice_tf.figures import plotting  # noqa: E402
 
 flags.DEFINE_string("runs_dir", "runs/demo", "Folder of a comparison: <runs_dir>/<method>/seed<run_seed>.")
 flags.DEFINE_list("methods", list(plotting.DEFAULT_METHODS),
@@ -49,7 +49,7 @@ flags.DEFINE_float("perplexity", 30.0, "t-SNE perplexity.")
 flags.DEFINE_integer("neighbors", 10, "k of the knn placement.")
 flags.DEFINE_integer("seed", 0, "Seed of the image subsample and of t-SNE.")
 flags.DEFINE_integer("tsne_threads", 1,
-                     "OpenMP threads of t-SNE; 0 = all cores (see ice_tf.plotting.tsne_embedding).")
+                     "OpenMP threads of t-SNE; 0 = all cores (see ice_tf.figures.plotting.tsne_embedding).")
 flags.DEFINE_string("output", "figures/fig4_tsne.png", "Output PNG.")
 FLAGS = flags.FLAGS
 
@@ -73,7 +73,7 @@ def default_ood_label(config):
 
 def features_of(model, config, ood_label, num_in, num_ood, seed):
     """(features_in, labels_in, features_ood) of a seeded subsample of the evaluation sets."""
-    from ice_tf import run_data
+    from ice_tf.experiment import run_data
 
     labels = [spec.label for spec in config.ood_set_specs]
     if ood_label not in labels:

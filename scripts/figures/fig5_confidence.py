@@ -5,7 +5,7 @@
       --run=ice:runs/demo/ice/seed1 --ood=mnist --output=fig5.png
 
 Reads <run>/analysis/confidence.jsonl, written when a run trains with
---analyses=confidence (ice_tf.callbacks.ConfidenceHistory): per epoch, histograms of
+--analyses=confidence (ice_tf.analysis.probes.ConfidenceHistory): per epoch, histograms of
 exp(max h) (Gaussian head) or max softmax (linear head) on fixed in-distribution and OOD
 probe images. Each epoch is drawn as a split violin, in-distribution on the left and
 OOD on the right, each half scaled to its own largest bin, with the medians joined
@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-from ice_tf import analysis, atomic_io, run_folder  # noqa: E402
+from ice_tf import atomic_io  # noqa: E402
+from ice_tf.experiment import run_folder  # noqa: E402
 
 flags.DEFINE_multi_string("run", None,
                           "A run folder, or label:run_folder (repeatable: one panel each).")
@@ -90,12 +91,12 @@ def main(argv):
     runs = [parse_run(spec) for spec in FLAGS.run]
     panels = []
     for label, run_dir in runs:
-        path = analysis.analysis_path(run_dir, "confidence")
+        path = run_folder.analysis_path(run_dir, "confidence")
         if not os.path.exists(path):
             raise app.UsageError(
                 f"{path} does not exist: train the run with --analyses=confidence."
             )
-        records = analysis.read_jsonl(path)
+        records = run_folder.read_jsonl(path)
         if not records:
             raise app.UsageError(f"{path} holds no records.")
         panels.append((label, records))

@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from ice_tf import plotting
+from ice_tf.figures import plotting
 
 flags.DEFINE_string("runs_dir", "runs/demo", "Folder of a comparison: <runs_dir>/<method>/seed<run_seed>.")
 flags.DEFINE_list("methods", list(plotting.DEFAULT_METHODS),

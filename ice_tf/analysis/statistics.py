@@ -7,8 +7,9 @@
 - Confidence distributions (Fig. 5): histograms and quantiles of exp(max h) (or max
   softmax) on in-distribution and OOD images.
 
-The callbacks of `ice_tf.callbacks` call these on fixed probe sets once per epoch and
-write `analysis/*.jsonl` in the run folder; `read_analyses` reads them back. Exact
+The callbacks of `ice_tf.analysis.probes` call these on fixed probe sets once per epoch and
+write `analysis/*.jsonl` in the run folder; `ice_tf.experiment.run_folder.read_analyses`
+reads them back. Exact
 definitions: docs/analyses.md. Only `auxiliary_gradients` and `contradictory_fractions`
 use TensorFlow (imported when called), so the figure scripts stay light.
 
@@ -19,13 +20,9 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
-from ice_tf import gda, metrics, run_folder
-from ice_tf.config import ANALYSES
+from ice_tf import gda, metrics
 
 # A per-sample gradient below this magnitude is not counted as raising an output: it
 # ignores exact zeros (an inactive relu, a class that is not the max) and pushes far
@@ -37,23 +34,6 @@ OVERLAP_QUANTILE = 0.95
 CONFIDENCE_BINS = 20
 CONFIDENCE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
-# Each analysis `ExperimentConfig.analyses` may name writes <run>/analysis/<name>.jsonl.
-ANALYSIS_DIR = run_folder.ANALYSIS_DIR
-
-
-def analysis_path(run_dir, name):
-    """<run_dir>/analysis/<name>.jsonl, the file the analysis `name` appends to
-    (`ice_tf.run_folder.analysis_path`, for a known analysis only).
-
-    Example:
-      analysis_path("runs/demo/ice/seed1", "shift")  # .../analysis/shift.jsonl
-    """
-    if name not in ANALYSES:
-        raise ValueError(f"Unknown analysis {name!r}; valid analyses: {', '.join(ANALYSES)}.")
-    return run_folder.analysis_path(run_dir, name)
-
-
-# ------------------------------------------------------------ contradictory gradient
 def auxiliary_gradients(loss, labels, outputs_in, outputs_out):
     """Per-sample gradients of the auxiliary loss on the head outputs.
 
@@ -250,24 +230,6 @@ def confidence_summary(confidence, quantiles=CONFIDENCE_QUANTILES):
     return summary
 
 
-# -------------------------------------------------------------------------------- I/O
-read_jsonl = run_folder.read_jsonl  # the one kill-tolerant JSON-lines reader
-
-
-def read_analyses(run_dir):
-    """{analysis name: [records by epoch]} for the analysis files a run folder holds.
-
-    Example:
-      analyses = read_analyses("runs/demo/ice/seed1")  # {"shift": [...], ...}
-    """
-    found = {}
-    for name in ANALYSES:
-        path = analysis_path(run_dir, name)
-        if os.path.exists(path):
-            found[name] = read_jsonl(path)
-    return found
-
-
 # (header, analysis, key path in its record, scale, format) of the summary table.
 SUMMARY_COLUMNS = (
     ("Contr. in %", "gradient_meter", ("contradictory_in",), 100, "{:.1f}"),
@@ -378,8 +340,6 @@ def summary_markdown(runs):
 
 
 __all__ = [
-    "ANALYSES",
-    "analysis_path",
     "auxiliary_gradients",
     "contradictory_masks",
     "contradictory_fractions",
@@ -387,8 +347,6 @@ __all__ = [
     "distribution_shift",
     "confidence_histogram",
     "confidence_summary",
-    "read_jsonl",
-    "read_analyses",
     "summary_rows",
     "summary_rows_over_seeds",
     "method_rows",

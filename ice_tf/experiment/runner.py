@@ -1,6 +1,6 @@
 """One experiment, end to end: data, model, training, evaluation, export.
 
-`run(config)` writes the run folder `config.output_dir`; `ice_tf.run_folder` names
+`run(config)` writes the run folder `config.output_dir`; `ice_tf.experiment.run_folder` names
 its files and says what each holds. Scripts add `flags.txt`, a flag file that re-runs
 the experiment.
 """
@@ -16,17 +16,19 @@ import time
 import keras
 import numpy as np
 
-from ice_tf import callbacks as callbacks_lib
-from ice_tf import checkpoint as checkpoint_lib
-from ice_tf import config as config_lib
-from ice_tf import data, distribute, evaluation, export, losses, models
+from ice_tf import data, distribute, export, losses, models
 from ice_tf import precision as precision_lib
-from ice_tf import run_folder as folder_lib
-from ice_tf.config import ExperimentConfig
-from ice_tf.run_data import (check_sources, image_shape_of, load_images, make_eval_data,
-                             make_train_data, mock_sources)
-from ice_tf.checkpoint import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
+from ice_tf.analysis import probes as probes_lib
 from ice_tf.atomic_io import save_model, write_atomic  # noqa: F401  (scripts use write_atomic)
+from ice_tf.experiment import analyses as analyses_lib
+from ice_tf.experiment import checkpoint as checkpoint_lib
+from ice_tf.experiment import config as config_lib
+from ice_tf.experiment import evaluation
+from ice_tf.experiment import run_folder as folder_lib
+from ice_tf.experiment.checkpoint import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
+from ice_tf.experiment.config import ExperimentConfig
+from ice_tf.experiment.run_data import (check_sources, image_shape_of, load_images, make_eval_data,
+                                        make_train_data, mock_sources)
 from ice_tf.models import FINETUNE_RIDGE, fit_gaussian_head  # noqa: F401  (their home: models)
 
 RESULTS_FILE = folder_lib.RESULTS_FILE
@@ -132,7 +134,7 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
     A dry run (`out` None) takes one step of at most 4 + 8 images, on mock data, and
     writes nothing; it has no checkpoint to start a fine-tune from, so its model keeps
     its initialisation. With `resume`, training continues from the state in
-    checkpoints/ (`callbacks.TrainingCheckpoint`): weights, optimizer (and with it the
+    checkpoints/ (`checkpoint.TrainingCheckpoint`): weights, optimizer (and with it the
     learning-rate schedule), random state and the data stream's position.
     """
     dry = out is None
@@ -184,11 +186,11 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
         within = f", step {start_step}" if start_step else ""
         print(f"Resuming {out} after epoch {start_epoch}{within} of {epochs}")
     # Analyses first: they add their scalars to the logs the loggers below write.
-    callbacks = callbacks_lib.analysis_callbacks(
+    callbacks = analyses_lib.analysis_callbacks(
         config, directory=out, probe_size=8 if dry else None, start_epoch=start_epoch,
         resumed=bool(steps_done))
     if model.gaussian_head:
-        callbacks.append(callbacks_lib.GaussianHeadMonitor())
+        callbacks.append(probes_lib.GaussianHeadMonitor())
     logger = None
     if not dry:
         logger = JsonLinesLogger(folder_lib.path(out, folder_lib.METRICS_FILE), start_epoch,
@@ -259,7 +261,7 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
     """Trains, evaluates and exports one model into `config.output_dir`; returns the
     results dict.
 
-    The run folder's contract (`ice_tf.run_folder.prepare_for_training`): one process
+    The run folder's contract (`ice_tf.experiment.run_folder.prepare_for_training`): one process
     at a time (run.lock); a finished folder, or one of another config, is refused
     unless `overwrite`, which removes every earlier output; the same config into an
     unfinished folder resumes from the last finished epoch. Every set the run reads is
@@ -323,7 +325,7 @@ def run(config: ExperimentConfig, verbose=1, overwrite=False, callbacks=(), file
 def check_before_training(config):
     """The checks of a run that read nothing but the config and the file system, before
     anything is written: OOD sets to evaluate on, an output folder that is ice-tf's (or
-    new), and no input of the run inside it (`ice_tf.run_folder`).
+    new), and no input of the run inside it (`ice_tf.experiment.run_folder`).
 
     Example:
       check_before_training(config)  # RunFolderError for a folder of the user's files

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from ice_tf import backbones, layers, losses, models  # noqa: E402
+from ice_tf import backbones, layers, losses, metrics, models  # noqa: E402
 from ice_tf.experiment import run_data  # noqa: E402
 from ice_tf.cli import runner, seed_flags  # noqa: E402
 from ice_tf.experiment.config import ExperimentConfig  # noqa: E402
@@ -73,10 +73,9 @@ def table(images, labels, fit_images, fit_labels, feature_dims, seeds, weight):
         for head_init in HEAD_INITS:
             results = [measure(images, labels, dim, seed, head_init, weight, fit_images,
                                fit_labels) for seed in seeds]
-            rows.append((dim, head_init, {
-                key: (np.mean([r[key] for r in results]),
-                      np.std([r[key] for r in results], ddof=1) if len(results) > 1 else 0.0)
-                for key in results[0]}))
+            spreads = {key: metrics.spread([r[key] for r in results]) for key in results[0]}
+            rows.append((dim, head_init, {key: (spread["mean"], spread["std"])
+                                          for key, spread in spreads.items()}))
     return rows
 
 

@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from ice_tf import metrics  # noqa: E402  (no TensorFlow)
+
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; one run each.")
 FLAGS = flags.FLAGS
 
@@ -72,12 +74,11 @@ def main(argv):
     for seed in map(int, FLAGS.seeds):
         runs.append(one_seed(seed, x_train, y_train, x_test, y_test, x_out, ood))
         print(f"seed {seed}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in runs[-1].items()))
-    print(f"\n| model | accuracy (%) | mean AUROC (%) |\n|---|---|---|")
+    print("\n| model | accuracy (%) | mean AUROC (%) |\n|---|---|---|")
     for label, accuracy, auroc in (("classifier, MSP", "plain_accuracy", "plain_auroc_msp"),
                                    ("converted + 2 ICE epochs, ice score", "ice_accuracy", "ice_auroc_ice")):
-        cells = [np.array([100 * run[key] for run in runs]) for key in (accuracy, auroc)]
-        std = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
-        print(f"| {label} | " + " | ".join(f"{v.mean():.2f} ± {std(v):.2f}" for v in cells) + " |")
+        cells = [metrics.spread([100 * run[key] for run in runs]) for key in (accuracy, auroc)]
+        print(f"| {label} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from ice_tf import metrics  # no TensorFlow
 from ice_tf.experiment import run_folder  # no TensorFlow: the run folder's readers
 
 OWN = "own score"  # the run's own score: msp for a linear head, ice (max h) for a Gaussian one
@@ -28,7 +29,8 @@ def _mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
         return "–"
-    mean, std = 100 * np.mean(values), 100 * np.std(values, ddof=1) if len(values) > 1 else 0.0
+    spread = metrics.spread(values)  # the population std, ice-tf's one convention
+    mean, std = 100 * spread["mean"], 100 * spread["std"]
     return f"{mean:.2f} ± {std:.2f}"
 
 

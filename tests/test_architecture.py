@@ -190,3 +190,14 @@ def test_the_training_model_is_a_package_of_its_parts():
     assert {"ice_tf.models.checks", "ice_tf.models.convert", "ice_tf.models.head_fit"} <= graph[
         "ice_tf.models.ood_model"]
     assert not any(part in graph["ice_tf.models.convert"] for part in parts)
+
+
+def test_one_std_convention_for_every_mean_and_std():
+    # metrics.spread (the population std) is the one rule; no module or script has its own.
+    offenders = []
+    for folder in ("ice_tf", "scripts"):
+        for root, _, names in os.walk(os.path.join(REPO, folder)):
+            for name in names:
+                if name.endswith(".py") and "ddof=1" in open(os.path.join(root, name)).read():
+                    offenders.append(os.path.join(root, name))
+    assert not offenders, offenders

@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner, seed_flags  # noqa: E402
 from ice_tf import experiment, ownership  # noqa: E402
-from ice_tf.experiment import evaluation, run_folder
+from ice_tf.experiment import evaluation, run_folder  # noqa: E402
 
 FLAGS = flags.FLAGS
 # What compare writes into --output_dir beside the run folders (replaced only when ice-tf's).

@@ -34,7 +34,7 @@ from absl import app, flags  # noqa: E402
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
 import ice_tf.models  # noqa: E402,F401  (registers the custom classes for loading)
 from ice_tf import detectors, experiment, ownership  # noqa: E402
-from ice_tf.experiment import evaluation, run_data
+from ice_tf.experiment import evaluation, run_data, run_folder  # noqa: E402
 from ice_tf.experiment.config import ExperimentConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -83,15 +83,6 @@ def load_run(model_path):
     return model, ExperimentConfig(loss="ice" if model.gaussian_head else "ce"), model_path
 
 
-def _is_evaluation_record(text):
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and all(
-        isinstance(value, dict) and {"score", "sets"} <= set(value) for value in record.values())
-
-
 def check_outputs_replaceable(output):
     """Refuses, before any work, to replace an --output JSON (or the .md beside it) that
     ice-tf evaluate did not write.
@@ -99,7 +90,7 @@ def check_outputs_replaceable(output):
     Example:
       check_outputs_replaceable("runs/demo/ice/seed1/evaluation-oe.json")
     """
-    ownership.check_replaceable(output, _is_evaluation_record, "a record ice-tf evaluate wrote")
+    ownership.check_replaceable(output, run_folder.is_evaluation_record, "a record ice-tf evaluate wrote")
     ownership.check_replaceable(os.path.splitext(output)[0] + ".md",
                                 lambda text: text.startswith("### "),
                                 "a report ice-tf evaluate wrote")

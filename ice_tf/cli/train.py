@@ -19,7 +19,7 @@ from absl import app, flags  # noqa: E402
 
 from ice_tf.cli import experiment_flags, runner  # noqa: E402
 from ice_tf import experiment  # noqa: E402
-from ice_tf.experiment import evaluation, run_folder
+from ice_tf.experiment import evaluation, run_folder  # noqa: E402
 
 FLAGS = flags.FLAGS
 

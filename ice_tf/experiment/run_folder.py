@@ -611,6 +611,20 @@ def read_evaluation(folder, file_name):
     return _read_json(path(folder, file_name))
 
 
+def is_evaluation_record(text):
+    """Whether `text` is an `ice-tf evaluate` record ({score: {"score", "sets", ...}}).
+
+    Example:
+      is_evaluation_record(open("runs/ice/evaluation-val.json").read())  # True
+    """
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and all(
+        isinstance(value, dict) and {"score", "sets"} <= set(value) for value in record.values())
+
+
 def _read_json(json_path):
     try:
         with open(json_path) as stream:
@@ -729,5 +743,5 @@ __all__ = [
     "prepare_for_training", "without_timing", "path", "is_finished",
     "method_run", "parse_label_folder", "run_folders", "check_run_folders", "method_of",
     "scores_key", "label_of_scores_key", "save_scores", "load_scores", "read_jsonl", "read_metrics",
-    "read_results", "read_evaluation", "analysis_path", "read_analyses", "read_checkpoint_state",
+    "read_results", "read_evaluation", "is_evaluation_record", "analysis_path", "read_analyses", "read_checkpoint_state",
 ]

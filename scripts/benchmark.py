@@ -168,7 +168,9 @@ def machine_info():
 
 
 def images_per_step(method, batch_in, batch_out, ce_uses_outliers):
-    if method == "ce" and not ce_uses_outliers:
+    from ice_tf import losses
+
+    if not losses.spec(method).uses_outliers and not ce_uses_outliers:
         return batch_in
     return batch_in + batch_out
 
@@ -179,8 +181,10 @@ def _make_dataset(method, config, rng):
 
     shape = (config["image_size"], config["image_size"], config["channels"])
     n_img = images_per_step(method, config["batch_in"], config["batch_out"], config["ce_uses_outliers"])
-    if method == "ce":
-        # Plain CE gets (images, labels) batches, without outliers.
+    from ice_tf import losses
+
+    if not losses.spec(method).uses_outliers:
+        # A method without outliers gets (images, labels) batches.
         x = rng.standard_normal((n_img, *shape), dtype="float32")
         y = rng.integers(0, config["num_classes"], n_img).astype("int64")
         return tf.data.Dataset.from_tensors((x, y)).repeat()

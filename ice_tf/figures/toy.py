@@ -272,11 +272,11 @@ def make_toy_head(method, z, labels, num_classes):
     Example:
       head = make_toy_head("ice", z, labels, num_classes=3)
     """
-    from ice_tf import layers
+    from ice_tf import layers, losses
 
     _check_method(method)
     z = np.asarray(z, dtype=np.float64)
-    if method == "oe":
+    if losses.spec(method).default_head == "linear":
         gda = fit_gda(z, labels, num_classes)
         head = layers.make_head("linear", num_classes)
         head.build((None, z.shape[1]))

@@ -1,4 +1,4 @@
-"""Training objectives: plain cross-entropy, OE, Energy, BCE, ICE and ICE⁻.
+"""Training objectives: plain cross-entropy, OE, Energy, BCE, ICE, ICE⁻, LogitNorm and MixOE.
 
 Every loss has the form
 
@@ -22,7 +22,7 @@ one `register` line:
     @keras.saving.register_keras_serializable(package="my_project")
     class SquaredOutlierLoss(ice_tf.losses.OODLoss):
         term_names = ("ce", "out_term")
-        default_weight = 0.5
+        hyperparameter_specs = (ice_tf.losses.weight_hyperparameter(0.5),)
         display_name = "Squared OE"
         def extra_terms(self, labels, outputs_in, outputs_out):
             return {"out_term": tf.reduce_mean(tf.square(outputs_out))}
@@ -109,7 +109,8 @@ class Hyperparameter:
       flag: the flag and config name; default: `argument`. Methods share a flag when their
         hyperparameters mean the same (λ is `loss_weight` for every method).
       minimum, maximum: inclusive bounds, or None.
-      kind: float or int.
+      kind: float, int or str.
+      choices: the allowed values of a str hyperparameter.
 
     Example:
       Hyperparameter("temperature", 0.04, "LogitNorm τ (Eq. 3)", minimum=1e-6)
@@ -122,6 +123,7 @@ class Hyperparameter:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     kind: type = float
+    choices: tuple = ()
 
     @property
     def flag_name(self):
@@ -134,6 +136,11 @@ class Hyperparameter:
         Example:
           Hyperparameter("margin_in", -23.0).check("-27")  # -27.0
         """
+        if self.choices:
+            if value not in self.choices:
+                raise ValueError(f"{self.flag_name} must be one of {', '.join(self.choices)}, "
+                                 f"got {value!r}.")
+            return str(value)
         try:
             converted = self.kind(value)
         except (TypeError, ValueError):
@@ -237,24 +244,39 @@ class OODLoss:
         """Returns a dict of scalar terms other than "ce" (before weighting).
 
         `outputs_out` is None for validation batches without outliers: then only the
-        in-distribution terms are returned.
+        in-distribution terms are returned. A method whose `transform_batch` returns a
+        context receives it as keyword arguments.
         """
         return {}
 
-    def terms(self, y_true, outputs_in, outputs_out=None):
-        """The unweighted components, each a float32 scalar."""
+    def transform_batch(self, images, labels, outliers, seed):
+        """The training loop's batch hook, called on each training batch before the forward
+        pass: returns (images, labels, outliers, context), where `context` is a dict passed
+        to `extra_terms` as keyword arguments (the labels stay those of the images). `seed` is a stateless seed (int32 (2,): the
+        model's seed and the optimizer's step), so that a resumed run draws what an
+        uninterrupted one would. Default: the batch unchanged, no context.
+
+        Example:
+          images, labels, mixed, context = MixOELoss().transform_batch(x, y, x_out, seed)
+        """
+        return images, labels, outliers, {}
+
+    def terms(self, y_true, outputs_in, outputs_out=None, context=None):
+        """The unweighted components, each a float32 scalar; `context` from
+        `transform_batch`."""
         if self.uses_outliers and outputs_out is None:
             raise ValueError(
                 f"loss {self.name!r} uses auxiliary outliers: feed the model "
                 "((x, y), x_outliers) batches, or use a loss without outliers such as 'ce'."
             )
-        return self._terms(y_true, outputs_in, outputs_out if self.uses_outliers else None)
+        return self._terms(y_true, outputs_in, outputs_out if self.uses_outliers else None,
+                           context)
 
     def in_distribution_terms(self, y_true, outputs_in):
         """CE and the terms that need no outliers (for validation data `(x, y)`)."""
         return self._terms(y_true, outputs_in, None)
 
-    def _terms(self, y_true, outputs_in, outputs_out):
+    def _terms(self, y_true, outputs_in, outputs_out, context=None):
         outputs_in = tf.cast(outputs_in, tf.float32)
         num_classes = outputs_in.shape[-1]
         labels = check_labels(y_true, num_classes)
@@ -267,7 +289,7 @@ class OODLoss:
                 )
         ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=labels, logits=self.classification_logits(outputs_in)))
-        return {"ce": ce, **self.extra_terms(labels, outputs_in, outputs_out)}
+        return {"ce": ce, **self.extra_terms(labels, outputs_in, outputs_out, **(context or {}))}
 
     def classification_logits(self, outputs_in):
         """The logits the cross-entropy term sees: the head outputs, unless a method
@@ -470,6 +492,110 @@ class LogitNormLoss(OODLoss):
         return {"temperature": self.temperature, "name": self.name}
 
 
+def beta_sample(alpha, beta, seed):
+    """One draw of Beta(alpha, beta) from a stateless seed: G_a / (G_a + G_b), G ~ Gamma.
+
+    Example:
+      beta_sample(0.1, 1.0, tf.constant([1, 7]))  # a float32 scalar in [0, 1]
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    first = tf.random.stateless_gamma([], seeds[0], alpha=alpha)
+    second = tf.random.stateless_gamma([], seeds[1], alpha=beta)
+    return first / tf.maximum(first + second, 1e-30)
+
+
+def cutmix_box(height, width, mix_weight, seed):
+    """The box (y1, y2, x1, x2) that CutMix pastes: sides sqrt(1 - mix_weight) of the image's,
+    centred at a uniform pixel, clipped to the image (Yun et al., 2019; MixOE's code).
+
+    Example:
+      cutmix_box(32, 32, 0.75, tf.constant([1, 2]))  # a 16 x 16 box, or less at a border
+    """
+    cut = tf.sqrt(1.0 - mix_weight)
+    cut_h = tf.cast(tf.cast(height, tf.float32) * cut, tf.int32)
+    cut_w = tf.cast(tf.cast(width, tf.float32) * cut, tf.int32)
+    centre = tf.random.stateless_uniform([2], seed, minval=0, maxval=2 ** 30, dtype=tf.int32)
+    cy, cx = centre[0] % height, centre[1] % width
+    y1 = tf.clip_by_value(cy - cut_h // 2, 0, height)
+    y2 = tf.clip_by_value(cy + cut_h // 2, 0, height)
+    x1 = tf.clip_by_value(cx - cut_w // 2, 0, width)
+    x2 = tf.clip_by_value(cx + cut_w // 2, 0, width)
+    return y1, y2, x1, x2
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class MixOELoss(OODLoss):
+    """MixOE (Zhang et al., WACV 2023): outliers mixed into in-distribution images, trained
+    towards a target that mixes the label with the uniform distribution.
+
+    For a training batch, x_mix = CutMix (a box of x̃ pasted into x, the paper's code's
+    choice) or Mixup (w·x + (1 - w)·x̃) of the first n outliers into the n in-distribution
+    images, w ~ Beta(α, β) once per batch (for CutMix, w is then the exact share of x's
+    pixels kept). The loss is CE(f(x), y) + λ · mean CE(f(x_mix), w·onehot(y) + (1 - w)/K),
+    a soft cross-entropy; with w = 0 it is OE's term (Eq. 0.3). Outlier batches not
+    mixed (validation) get w = 0. Evaluated with MSP, as in the paper. Defaults are those
+    of OpenOOD v1.5's CIFAR benchmark (α = 0.1, β = 1, CutMix, λ = 1).
+
+    Example:
+      model.compile(optimizer, loss=MixOELoss(operator="mixup"))  # or loss="mixoe"
+    """
+
+    term_names = ("ce", "out_term")
+    display_name = "MixOE"
+    hyperparameter_specs = (
+        weight_hyperparameter(1.0),
+        Hyperparameter("alpha", 0.1, "MixOE α of the mixing weight's Beta(α, β).",
+                       flag="mixoe_alpha", minimum=1e-6),
+        Hyperparameter("beta", 1.0, "MixOE β of the mixing weight's Beta(α, β).",
+                       flag="mixoe_beta", minimum=1e-6),
+        Hyperparameter("operator", "cutmix", "MixOE's mixing: cutmix or mixup.",
+                       flag="mixoe_operator", kind=str, choices=("cutmix", "mixup")),
+    )
+
+    def __init__(self, weight=None, alpha=0.1, beta=1.0, operator="cutmix", name=None):
+        super().__init__(weight=weight, name=name)
+        specs = {h.argument: h for h in self.hyperparameter_specs}
+        self.alpha = specs["alpha"].check(alpha)
+        self.beta = specs["beta"].check(beta)
+        self.operator = specs["operator"].check(operator)
+
+    def transform_batch(self, images, labels, outliers, seed):
+        count = tf.minimum(tf.shape(images)[0], tf.shape(outliers)[0])
+        kept, mixed_labels = images[:count], labels[:count]
+        pasted = tf.cast(outliers[:count], images.dtype)
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        mix_weight = beta_sample(self.alpha, self.beta, seeds[0])
+        if self.operator == "mixup":
+            weight = tf.cast(mix_weight, images.dtype)
+            return (images, labels, weight * kept + (1 - weight) * pasted,
+                    {"mix_weight": mix_weight, "mix_labels": mixed_labels})
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        y1, y2, x1, x2 = cutmix_box(height, width, mix_weight, seeds[1])
+        rows = tf.logical_and(tf.range(height) >= y1, tf.range(height) < y2)
+        cols = tf.logical_and(tf.range(width) >= x1, tf.range(width) < x2)
+        box = tf.cast(tf.logical_and(rows[:, None], cols[None, :]), images.dtype)[None, :, :, None]
+        mixed = kept * (1 - box) + pasted * box
+        # The share of x's pixels kept, as the paper's code adjusts it.
+        area = tf.cast((y2 - y1) * (x2 - x1), tf.float32)
+        mix_weight = 1.0 - area / tf.cast(height * width, tf.float32)
+        return images, labels, mixed, {"mix_weight": mix_weight, "mix_labels": mixed_labels}
+
+    def extra_terms(self, labels, outputs_in, outputs_out, mix_weight=None, mix_labels=None):
+        if outputs_out is None:
+            return {}
+        log_probs = tf.nn.log_softmax(outputs_out, axis=-1)
+        uniform_ce = -tf.reduce_mean(log_probs, axis=-1)
+        if mix_weight is None:  # outliers not mixed: the target is uniform
+            return {"out_term": tf.reduce_mean(uniform_ce)}
+        label_ce = -tf.gather(log_probs, mix_labels, axis=-1, batch_dims=1)
+        return {"out_term": tf.reduce_mean(mix_weight * label_ce + (1 - mix_weight) * uniform_ce)}
+
+    def get_config(self):
+        """The constructor arguments, for Keras serialization."""
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta,
+                "operator": self.operator}
+
+
 def ice_outlier_term(outputs_out):
     """mean_out -log(1 - exp(max_i h_i(z̃))), Eq. (0.13), with max h clamped to <= -1e-6."""
     max_h = tf.minimum(tf.reduce_max(outputs_out, axis=-1), -_MAX_H_CLAMP)
@@ -635,6 +761,7 @@ for _name, _class in (
     ("ice", InDistributionCompatibleLoss),
     ("ice_minus", IceMinusLoss),
     ("logitnorm", LogitNormLoss),
+    ("mixoe", MixOELoss),
 ):
     register(_name, _class)
 

@@ -40,7 +40,7 @@ def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0,
     loss = -np.mean(_log_softmax(f_in)[rows, y])
     grad_in = (_softmax(f_in) - _onehot(y, num_classes)) / n_in
     grad_out = np.zeros_like(f_out)
-    if name == "oe":  # Eq. (0.3), gradient Eq. (0.6) / K
+    if name in ("oe", "mixoe"):  # Eq. (0.3), gradient Eq. (0.6) / K; MixOE's unmixed outliers
         loss += weight * np.mean(-_log_softmax(f_out).mean(-1))
         grad_out = weight * (_softmax(f_out) - 1.0 / num_classes) / n_out
     elif name == "energy":  # Eq. (0.5), hinge form
@@ -254,8 +254,8 @@ def test_outlier_exactly_on_a_class_mean_costs_a_large_finite_ice_loss():
 
 # ------------------------------------------------------------------ the API
 def test_registry_names_and_errors():
-    assert losses.names() == ["bce", "ce", "energy", "ice", "ice_minus", "logitnorm", "oe"]
-    with pytest.raises(ValueError, match="bce, ce, energy, ice, ice_minus, logitnorm, oe"):
+    assert losses.names() == ["bce", "ce", "energy", "ice", "ice_minus", "logitnorm", "mixoe", "oe"]
+    with pytest.raises(ValueError, match="bce, ce, energy, ice, ice_minus, logitnorm, mixoe, oe"):
         losses.get("focal")
     with pytest.raises(ValueError, match="lambda"):
         losses.get("ice", weight=-0.1)
@@ -304,3 +304,80 @@ def test_logitnorm_is_cross_entropy_on_normalised_logits_and_finite_at_zero():
     assert np.isfinite(float(value)) and np.all(np.isfinite(tape.gradient(value, zeros)))
     spec = losses.spec("logitnorm")
     assert (spec.default_score, spec.uses_outliers, spec.hyperparameters) == ("msp", False, {"temperature": 0.04})
+
+
+# ------------------------------------------------------------------ MixOE
+def _mixoe_reference(y, f_in, f_mixed, mix_labels, w, weight):
+    """(loss, d/df_in, d/df_mixed) in float64: CE + λ · mean soft CE to w·onehot + (1 - w)/K."""
+    n_in, num_classes = f_in.shape
+    loss = -np.mean(_log_softmax(f_in)[np.arange(n_in), y])
+    grad_in = (_softmax(f_in) - _onehot(y, num_classes)) / n_in
+    target = w * _onehot(mix_labels, num_classes) + (1 - w) / num_classes
+    loss += weight * np.mean(-(target * _log_softmax(f_mixed)).sum(-1))
+    grad_mixed = weight * (_softmax(f_mixed) - target) / f_mixed.shape[0]
+    return loss, grad_in, grad_mixed
+
+
+@pytest.mark.parametrize("w", [0.0, 0.37, 1.0])
+def test_mixoe_soft_target_loss_matches_float64_reference(w):
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 10, 16)
+    f_in, f_mixed = rng.normal(0, 4, (16, 10)), rng.normal(0, 4, (16, 10))
+    loss = losses.get("mixoe", weight=0.7)
+    context = {"mix_weight": tf.constant(w, tf.float32), "mix_labels": tf.constant(y)}
+    value, grad_in, grad_mixed = _tf_loss_and_grads(
+        lambda labels, a, b: loss.combine(loss.terms(labels, a, b, context)), y, f_in, f_mixed)
+    ref_value, ref_in, ref_mixed = _mixoe_reference(y, f_in, f_mixed, y, w, 0.7)
+    assert abs(value - ref_value) / abs(ref_value) <= 1e-5
+    assert _relative(grad_in, ref_in) <= 1e-5
+    assert _relative(grad_mixed.numpy(), ref_mixed) <= 1e-5
+    if w == 0.0:  # the uniform target: OE's term
+        oe = losses.get("oe", weight=0.7)(tf.constant(y), f_in, f_mixed).numpy()
+        assert value == pytest.approx(oe, rel=1e-6)
+
+
+def test_mixoe_mixup_mixes_the_first_outliers_into_the_images():
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(4, 6, 6, 3)).astype("float32")
+    x_out = rng.normal(size=(8, 6, 6, 3)).astype("float32")
+    y = np.array([0, 1, 2, 3])
+    loss = losses.get("mixoe", operator="mixup", alpha=1.0, beta=1.0)
+    images, labels, mixed, context = loss.transform_batch(x, tf.constant(y), x_out, tf.constant([3, 5]))
+    w = float(context["mix_weight"])
+    assert 0.0 <= w <= 1.0
+    np.testing.assert_allclose(mixed.numpy(), w * x + (1 - w) * x_out[:4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(images), x)  # the images and their labels unchanged
+    np.testing.assert_array_equal(labels.numpy(), y)
+    np.testing.assert_array_equal(context["mix_labels"].numpy(), y)
+
+
+def test_mixoe_cutmix_pastes_one_box_and_its_weight_is_the_share_kept():
+    x = np.zeros((3, 16, 12, 1), "float32")
+    x_out = np.ones((5, 16, 12, 1), "float32")
+    loss = losses.get("mixoe", alpha=1.0, beta=1.0)
+    draws = set()
+    for step in range(6):
+        _, _, mixed, context = loss.transform_batch(x, tf.constant([0, 1, 2]), x_out,
+                                                    tf.constant([0, step]))
+        mixed = mixed.numpy()
+        assert mixed.shape == (3, 16, 12, 1)
+        pasted = mixed[0, :, :, 0]
+        np.testing.assert_array_equal(mixed, np.broadcast_to(mixed[:1], mixed.shape))  # one box
+        rows, cols = np.nonzero(pasted)
+        if rows.size:  # a rectangle
+            assert pasted[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert float(context["mix_weight"]) == pytest.approx(1 - pasted.mean(), abs=1e-6)
+        draws.add(float(context["mix_weight"]))
+    assert len(draws) > 1  # the step changes the draw
+    again = loss.transform_batch(x, tf.constant([0, 1, 2]), x_out, tf.constant([0, 5]))[2]
+    np.testing.assert_array_equal(again.numpy(), mixed)  # the same seed, the same batch
+
+
+def test_mixoe_checks_its_hyperparameters_and_serializes():
+    with pytest.raises(ValueError, match="mixoe_operator must be one of cutmix, mixup"):
+        losses.get("mixoe", operator="cutout")
+    with pytest.raises(ValueError, match="mixoe_alpha"):
+        losses.get("mixoe", alpha=0.0)
+    spec = losses.spec("mixoe")
+    assert spec.hyperparameters == {"weight": 1.0, "alpha": 0.1, "beta": 1.0, "operator": "cutmix"}
+    assert spec.default_score == "msp" and spec.uses_outliers

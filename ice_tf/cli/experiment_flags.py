@@ -191,7 +191,8 @@ def hyperparameter_help(flag):
     """
     taken = losses.hyperparameter_flags()[flag]
     text = next((h.help for _, h in taken if h.help), f"{flag} of {taken[0][0]}.")
-    methods = ", ".join(f"{method} ({h.default:g})" for method, h in taken)
+    methods = ", ".join(f"{method} ({h.default:g})" if h.kind is not str else f"{method} ({h.default})"
+                        for method, h in taken)
     return f"{text} Methods (default): {methods}; unset = the method's default."
 
 
@@ -209,7 +210,12 @@ def define_hyperparameter_flags(flag_values=flags.FLAGS):
         if flag in _field_types():
             raise ValueError(f"loss {taken[0][0]!r}: hyperparameter flag --{flag} is a config "
                              "field already; declare the hyperparameter with another flag= name.")
-        define = flags.DEFINE_integer if taken[0][1].kind is int else flags.DEFINE_float
+        declared = taken[0][1]
+        if declared.choices:
+            flags.DEFINE_enum(flag, None, list(declared.choices), hyperparameter_help(flag),
+                              flag_values=flag_values)
+            continue
+        define = flags.DEFINE_integer if declared.kind is int else flags.DEFINE_float
         define(flag, None, hyperparameter_help(flag), flag_values=flag_values)
 
 

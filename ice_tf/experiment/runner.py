@@ -165,6 +165,7 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
             outlier_batchnorm=config.outlier_batchnorm,
             head_learning_rate_scale=config.head_learning_rate_scale,
             head_weight_decay=config.head_weight_decay,
+            seed=config.seed,
             run_eagerly=dry,  # one step: tracing would cost more than it saves
         )
         if steps_done:

@@ -73,6 +73,7 @@ class OODModel(keras.Model):
         self.ood_loss = None
         self.weight_decay = 0.0
         self.head_learning_rate_scale, self.head_weight_decay = 1.0, None
+        self.seed = 0
         self.outlier_batchnorm = default_outlier_batchnorm(
             "gaussian" if layers_lib.is_gaussian_head(head) else "linear")
         self._all_trackers = _TrackerTable()
@@ -136,7 +137,7 @@ class OODModel(keras.Model):
 
     # ----------------------------------------------------------------- compile
     def compile(self, optimizer="sgd", loss="ce", weight_decay=0.0, outlier_batchnorm="auto",
-                head_learning_rate_scale=1.0, head_weight_decay=None, **kwargs):
+                head_learning_rate_scale=1.0, head_weight_decay=None, seed=0, **kwargs):
         """Configures training.
 
         Args:
@@ -159,6 +160,8 @@ class OODModel(keras.Model):
             backbone's. 0 freezes the head.
           head_weight_decay: the head's L2 coefficient; None: `weight_decay` for a linear
             head, none for a Gaussian head.
+          seed: the seed of a method's random batch transform (MixOE's mixing), drawn
+            statelessly from (seed, step), so that a resumed run draws the same.
           **kwargs: passed to `keras.Model.compile` (e.g. `steps_per_execution`).
 
         Example:
@@ -180,6 +183,7 @@ class OODModel(keras.Model):
         if not self.head_learning_rate_scale >= 0:
             raise ValueError(f"head_learning_rate_scale must be >= 0, got {head_learning_rate_scale!r}.")
         self.head_weight_decay = None if head_weight_decay is None else float(head_weight_decay)
+        self.seed = int(seed)
         if self.head_weight_decay is not None and not self.head_weight_decay >= 0:
             raise ValueError(f"head_weight_decay must be >= 0, got {head_weight_decay!r}.")
         kwargs.setdefault("jit_compile", False)  # XLA is slower on CPU and fails under MirroredStrategy.
@@ -201,6 +205,7 @@ class OODModel(keras.Model):
             "outlier_batchnorm": self.outlier_batchnorm,
             "head_learning_rate_scale": self.head_learning_rate_scale,
             "head_weight_decay": self.head_weight_decay,
+            "seed": self.seed,
         }
 
     def compile_from_config(self, config):
@@ -211,6 +216,7 @@ class OODModel(keras.Model):
             outlier_batchnorm=config.get("outlier_batchnorm", "joint"),
             head_learning_rate_scale=config.get("head_learning_rate_scale", 1.0),
             head_weight_decay=config.get("head_weight_decay"),
+            seed=config.get("seed", 0),
         )
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -252,6 +258,11 @@ class OODModel(keras.Model):
             outputs = self(images, training=False)
             terms = self.ood_loss.in_distribution_terms(labels, outputs)
             return labels, outputs, terms, self.ood_loss.combine(terms)
+        context = None
+        if training and outliers is not None:
+            step = tf.cast(self.optimizer.iterations, tf.int32)
+            images, labels, outliers, context = self.ood_loss.transform_batch(
+                images, labels, outliers, tf.stack([tf.constant(self.seed, tf.int32), step]))
         num_in = tf.shape(images)[0]
         if outliers is None:
             outputs = self(images, training=training)
@@ -263,7 +274,7 @@ class OODModel(keras.Model):
         else:
             outputs_in = self(images, training=True)
             outputs_out = self._outlier_pass(tf.cast(outliers, images.dtype))
-        terms = self.ood_loss.terms(labels, outputs_in, outputs_out)
+        terms = self.ood_loss.terms(labels, outputs_in, outputs_out, context)
         return labels, outputs_in, terms, self.ood_loss.combine(terms)
 
     def _batchnorm_moving_variables(self):

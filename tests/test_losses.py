@@ -40,7 +40,7 @@ def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0,
     loss = -np.mean(_log_softmax(f_in)[rows, y])
     grad_in = (_softmax(f_in) - _onehot(y, num_classes)) / n_in
     grad_out = np.zeros_like(f_out)
-    if name in ("oe", "mixoe"):  # Eq. (0.3), gradient Eq. (0.6) / K; MixOE's unmixed outliers
+    if name in ("oe", "mixoe", "dal"):  # Eq. (0.3), gradient Eq. (0.6) / K; outliers unmixed, unperturbed
         loss += weight * np.mean(-_log_softmax(f_out).mean(-1))
         grad_out = weight * (_softmax(f_out) - 1.0 / num_classes) / n_out
     elif name == "energy":  # Eq. (0.5), hinge form
@@ -254,8 +254,8 @@ def test_outlier_exactly_on_a_class_mean_costs_a_large_finite_ice_loss():
 
 # ------------------------------------------------------------------ the API
 def test_registry_names_and_errors():
-    assert losses.names() == ["bce", "ce", "energy", "ice", "ice_minus", "logitnorm", "mixoe", "oe"]
-    with pytest.raises(ValueError, match="bce, ce, energy, ice, ice_minus, logitnorm, mixoe, oe"):
+    assert losses.names() == ["bce", "ce", "dal", "energy", "ice", "ice_minus", "logitnorm", "mixoe", "oe"]
+    with pytest.raises(ValueError, match="bce, ce, dal, energy, ice, ice_minus, logitnorm, mixoe, oe"):
         losses.get("focal")
     with pytest.raises(ValueError, match="lambda"):
         losses.get("ice", weight=-0.1)
@@ -381,3 +381,65 @@ def test_mixoe_checks_its_hyperparameters_and_serializes():
     spec = losses.spec("mixoe")
     assert spec.hyperparameters == {"weight": 1.0, "alpha": 0.1, "beta": 1.0, "operator": "cutmix"}
     assert spec.default_score == "msp" and spec.uses_outliers
+
+
+# ------------------------------------------------------------------ DAL
+def _dal_reference(w, b, z, delta0, gamma, strength, iterations):
+    """(δ, mean|δ| of the last step) in float64 for a linear head f = z W + b."""
+    delta = delta0.copy()
+    num_classes = w.shape[1]
+    radius = np.mean(np.abs(delta))
+    for _ in range(iterations):
+        f = (z + delta) @ w + b
+        # d/dδ mean_n [logsumexp f - mean_c f] - γ mean|δ|
+        grad_f = (_softmax(f) - 1.0 / num_classes) / z.shape[0]
+        radius = np.mean(np.abs(delta))
+        gradient = grad_f @ w.T - gamma * np.sign(delta) / delta.size
+        gradient /= np.linalg.norm(gradient, axis=1, keepdims=True)
+        delta = delta + strength * gradient
+    return delta, radius
+
+
+def test_dal_perturbation_and_gamma_update_match_float64_reference():
+    rng = np.random.default_rng(14)
+    head = layers.make_head("linear", 5)
+    head.build((None, 8))
+    w, b = rng.normal(size=(8, 5)), rng.normal(size=5)
+    head.set_weights([w.astype("float32"), b.astype("float32")])
+    z = rng.normal(size=(6, 8)).astype("float32")
+    loss = losses.get("dal", iterations=4, strength=0.5)
+    seed = tf.constant([2, 9])
+    delta0 = tf.random.stateless_uniform((6, 8), seed).numpy().astype(np.float64) * 1e-4
+    delta, radius = loss.perturbation(head, tf.constant(z), seed, tf.constant(0.3))
+    ref_delta, ref_radius = _dal_reference(w, b, z.astype(np.float64), delta0, 0.3, 0.5, 4)
+    np.testing.assert_allclose(delta.numpy(), ref_delta, rtol=1e-4, atol=1e-5)
+    assert float(radius) == pytest.approx(ref_radius, rel=1e-4)
+    # The outlier term is OE's on head(z + δ); γ follows clip(γ - β (ρ - mean|δ|), 0, γ_max).
+    loss.build_state()
+    outputs = loss.outlier_outputs(head, tf.constant(z), head(tf.constant(z)), seed)
+    expected = (z + loss.perturbation(head, tf.constant(z), seed, tf.constant(0.01))[0].numpy()) @ w + b
+    np.testing.assert_allclose(outputs.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert float(loss.gamma.numpy()) == pytest.approx(
+        np.clip(0.01 - 0.01 * (10.0 - float(loss.perturbation(
+            head, tf.constant(z), seed, tf.constant(0.01))[1])), 0, 10), abs=1e-6)
+
+
+def test_dal_state_is_checkpointed_and_restored(tmp_path):
+    from helpers import blob_data, tiny_backbone, zipped_dataset
+
+    from ice_tf import models
+    from ice_tf.experiment import checkpoint
+
+    images, labels, outliers = blob_data()
+    model = models.OODModel(tiny_backbone(), layers.make_head("linear", 3))
+    # A small ball (ρ): the perturbation leaves it, so γ grows by β (mean|δ| - ρ) per batch.
+    model.compile(keras.optimizers.SGD(0.01), loss=losses.get("dal", rho=1e-4, beta=0.1))
+    model.fit(zipped_dataset(images, labels, outliers), epochs=2, verbose=0,
+              callbacks=[checkpoint.TrainingCheckpoint(str(tmp_path))])
+    gamma = float(model.ood_loss.gamma.numpy())
+    assert gamma > 0.01
+    fresh = models.OODModel(tiny_backbone(), layers.make_head("linear", 3))
+    fresh.compile(keras.optimizers.SGD(0.01), loss=losses.get("dal", rho=1e-4, beta=0.1))
+    assert float(fresh.ood_loss.gamma.numpy()) == pytest.approx(0.01)
+    assert checkpoint.restore_training_state(fresh, str(tmp_path)) == (2, 0)
+    assert float(fresh.ood_loss.gamma.numpy()) == pytest.approx(gamma)

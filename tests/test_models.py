@@ -23,9 +23,10 @@ def test_fit_lowers_the_loss(name, head):
     images, labels, outliers = blob_data()
     dataset = zipped_dataset(images, labels, outliers)
     model = _model(head)
-    # MixOE's uniform-leaning targets on images close to the in-distribution ones widen a
-    # Gaussian head's scale fast; on this 6x6 toy at 0.05 the divergence guard stops it.
-    lr = 0.02 if (name, head) == ("mixoe", "gaussian") else 0.05
+    # MixOE's uniform-leaning targets on images close to the in-distribution ones, and DAL's
+    # outliers pushed to the worst case in feature space, widen a Gaussian head's scale fast
+    # (both are linear-head methods); on this 6x6 toy at 0.05 the divergence guard stops it.
+    lr = 0.02 if head == "gaussian" and name in ("mixoe", "dal") else 0.05
     model.compile(_sgd(lr), loss=name, weight_decay=5e-4)
     before = model.evaluate(dataset, verbose=0, return_dict=True)
     # 16 epochs of 6 steps: BatchNorm's moving averages (momentum 0.9) must catch up with
@@ -34,7 +35,13 @@ def test_fit_lowers_the_loss(name, head):
     after = model.evaluate(dataset, verbose=0, return_dict=True)
     assert set(history.history) == {"loss", "accuracy", *model.ood_loss.term_names}
     assert np.all(np.isfinite(history.history["loss"]))
-    assert after["loss"] < before["loss"], (before, after)
+    method = type(model.ood_loss)
+    if (method.transform_batch is not losses.OODLoss.transform_batch
+            or method.outlier_outputs is not losses.OODLoss.outlier_outputs):
+        # Its training objective sees mixed or perturbed outliers, which evaluation does not.
+        assert history.history["loss"][-1] < history.history["loss"][0], history.history
+    else:
+        assert after["loss"] < before["loss"], (before, after)
 
 
 @pytest.mark.parametrize("outlier_batchnorm, expected", [

@@ -79,6 +79,12 @@ def _random_state_variables(model):
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
+def _method_state_variables(model):
+    """The training method's running state (DAL's γ): `OODLoss.state_variables`."""
+    loss = getattr(model, "ood_loss", None)
+    return loss.state_variables() if loss is not None else []
+
+
 def _all_finite(model):
     return all(np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in model.weights
                if "float" in str(v.dtype))
@@ -147,6 +153,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             "iterations": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
             "random_state": [keras.ops.convert_to_numpy(v).tolist()
                              for v in _random_state_variables(self.model)],
+            "method_state": [keras.ops.convert_to_numpy(v).tolist()
+                             for v in _method_state_variables(self.model)],
         }
         record = getattr(self.metrics_logger, "last_record", None)
         if record and record.get("epoch") == epoch:
@@ -252,10 +260,12 @@ def restore_training_state(model, folder, state=None):
             f"{weights_path} does not fit this model ({str(error).splitlines()[0]}); "
             "train into another output_dir, or pass --overwrite to start over."
         ) from None
-    generators = _random_state_variables(model)
-    if len(generators) == len(state.get("random_state", [])):
-        for variable, value in zip(generators, state["random_state"]):
-            variable.assign(np.asarray(value, dtype=variable.dtype))
+    for variables, key in ((_random_state_variables(model), "random_state"),
+                           (_method_state_variables(model), "method_state")):
+        if len(variables) == len(state.get(key, [])):
+            for variable, value in zip(variables, state[key]):
+                dtype = getattr(variable.dtype, "as_numpy_dtype", variable.dtype)  # tf or keras
+                variable.assign(np.asarray(value, dtype=dtype))
     return int(state["epoch"]), int(state.get("step", 0))
 
 

@@ -176,6 +176,7 @@ class OODModel(keras.Model):
         if kwargs.get("loss") is not None or kwargs.get("metrics"):
             raise ValueError("OODModel tracks its own loss terms and accuracy; pass `loss=` only.")
         self.ood_loss = losses_lib.get(loss)
+        self.ood_loss.build_state()  # in the caller's strategy scope, as the weights
         self.weight_decay = float(weight_decay)
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
@@ -259,21 +260,27 @@ class OODModel(keras.Model):
             terms = self.ood_loss.in_distribution_terms(labels, outputs)
             return labels, outputs, terms, self.ood_loss.combine(terms)
         context = None
-        if training and outliers is not None:
+        if training and outliers is not None:  # the method's batch hook (MixOE's mixing)
             step = tf.cast(self.optimizer.iterations, tf.int32)
+            seed = tf.stack([tf.constant(self.seed, tf.int32), step])
             images, labels, outliers, context = self.ood_loss.transform_batch(
-                images, labels, outliers, tf.stack([tf.constant(self.seed, tf.int32), step]))
+                images, labels, outliers, seed)
         num_in = tf.shape(images)[0]
         if outliers is None:
             outputs = self(images, training=training)
             outputs_in, outputs_out = outputs, None
         elif self.outlier_batchnorm == "joint" or not training:
             batch = tf.concat([images, tf.cast(outliers, images.dtype)], axis=0)
-            outputs = self(batch, training=training)
+            features = self.backbone(batch, training=training)
+            outputs = self.head(features)
             outputs_in, outputs_out = outputs[:num_in], outputs[num_in:]
+            features_out = features[num_in:]
         else:
             outputs_in = self(images, training=True)
-            outputs_out = self._outlier_pass(tf.cast(outliers, images.dtype))
+            features_out = self._outlier_features(tf.cast(outliers, images.dtype))
+            outputs_out = self.head(features_out)
+        if training and outputs_out is not None:  # the feature-space hook (DAL's perturbation)
+            outputs_out = self.ood_loss.outlier_outputs(self.head, features_out, outputs_out, seed)
         terms = self.ood_loss.terms(labels, outputs_in, outputs_out, context)
         return labels, outputs_in, terms, self.ood_loss.combine(terms)
 
@@ -282,17 +289,17 @@ class OODModel(keras.Model):
                 if isinstance(layer, keras.layers.BatchNormalization)
                 for v in (layer.moving_mean, layer.moving_variance)]
 
-    def _outlier_pass(self, outliers):
-        """The outliers' outputs under `outlier_batchnorm` "separate" or "frozen"."""
+    def _outlier_features(self, outliers):
+        """The outliers' features under `outlier_batchnorm` "separate" or "frozen"."""
         if self.outlier_batchnorm == "frozen":
-            return self(outliers, training=False)
+            return self.backbone(outliers, training=False)
         moving = self._batchnorm_moving_variables()
         kept = [tf.identity(v) for v in moving]
-        outputs = self(outliers, training=True)
-        with tf.control_dependencies([outputs]):
+        features = self.backbone(outliers, training=True)
+        with tf.control_dependencies([features]):
             for variable, value in zip(moving, kept):  # the averages stay in-distribution
                 variable.assign(value)
-        return tf.identity(outputs)
+        return tf.identity(features)
 
     def _update_trackers(self, labels, outputs_in, terms, loss):
         self._trackers["loss"].update_state(loss)

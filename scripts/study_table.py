@@ -8,6 +8,12 @@ accuracy and mean AUROC of the run's own score from results.json, or, with --eva
 from that file of `ice-tf evaluate` (the run's own score, then each other score it holds,
 e.g. odin and mahalanobis); for Gaussian-head runs the last epoch's tr(LLᵀ)/d and
 condition number of L (metrics.jsonl). Prints a markdown table; n = seeds found.
+
+  python scripts/study_table.py --runs_dir=runs/all3 --evaluation=evaluation-posthoc.json \
+      --detectors --variants=ce,ice
+
+With --detectors: one row per (variant, score) of the evaluation file, with accuracy, mean
+AUROC and mean FPR95 over the OOD sets (mean ± population std over seeds, metrics.spread).
 """
 
 from __future__ import annotations
@@ -80,15 +86,52 @@ def markdown(table):
     return "\n".join(lines) + "\n"
 
 
+def detector_rows(runs_dir, evaluation, variants=None):
+    """[(variant, score, n, accuracy, AUROC, FPR95 cells)] from each run's evaluation file."""
+    rows = []
+    for variant in sorted(p for p in pathlib.Path(runs_dir).iterdir() if p.is_dir()):
+        if variants and variant.name not in variants:
+            continue
+        records = [run_folder.read_evaluation(str(run), evaluation)
+                   for run in sorted(variant.glob("seed*"))
+                   if run_folder.is_finished(str(run)) and (run / evaluation).exists()]
+        if not records:
+            continue
+        for score in records[0]:
+            found = [r[score] for r in records if score in r]
+            rows.append((variant.name, score, len(found),
+                         _mean_std([r["accuracy"] for r in found]),
+                         _mean_std([r["mean"]["auroc"]["mean"] for r in found]),
+                         _mean_std([r["mean"]["fpr95"]["mean"] for r in found])))
+    return rows
+
+
+def detector_markdown(rows):
+    """The --detectors table as markdown."""
+    lines = ["| model | score | n | accuracy | mean AUROC | mean FPR95 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(str(cell) for cell in row)} |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", required=True)
     parser.add_argument("--evaluation", default=None,
                         help="an ice-tf evaluate JSON in each run folder (e.g. evaluation-val.json)")
+    parser.add_argument("--detectors", action="store_true",
+                        help="one row per (variant, score) of --evaluation: accuracy, AUROC, FPR95")
+    parser.add_argument("--variants", default="", help="comma-separated variants to include")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.runs_dir):
         sys.stderr.write(f"error: {args.runs_dir} is not a folder of runs\n")
         return 1
+    if args.detectors:
+        if not args.evaluation:
+            sys.stderr.write("error: --detectors reads --evaluation files; name one\n")
+            return 1
+        variants = [v for v in args.variants.split(",") if v]
+        print(detector_markdown(detector_rows(args.runs_dir, args.evaluation, variants)))
+        return 0
     print(markdown(collect(args.runs_dir, args.evaluation)))
     return 0
 

@@ -44,3 +44,20 @@ def test_mean_and_population_std_over_seeds(tmp_path, capsys):
     assert study.main([f"--runs_dir={tmp_path / 'none'}"]) == 1
     assert study.main([f"--runs_dir={tmp_path}"]) == 0
     assert "| variant | n | accuracy |" in capsys.readouterr().out
+
+
+def test_detector_rows_give_accuracy_auroc_and_fpr95_per_score(tmp_path, capsys):
+    study = load_script()
+    for seed, auroc in enumerate([0.90, 0.94], 1):
+        evaluation = {score: {"accuracy": 0.8, "mean": {"auroc": {"mean": auroc + shift},
+                                                        "fpr95": {"mean": 0.2 - shift}}}
+                      for score, shift in (("msp", 0.0), ("knn", 0.05))}
+        write_run(tmp_path / "ce" / f"seed{seed}", 0.8, auroc, score="msp")
+        (tmp_path / "ce" / f"seed{seed}" / "evaluation-post.json").write_text(json.dumps(evaluation))
+    rows = study.detector_rows(tmp_path, "evaluation-post.json")
+    assert [row[:3] for row in rows] == [("ce", "msp", 2), ("ce", "knn", 2)]
+    assert rows[1][4] == "97.00 ± 2.00" and rows[1][5] == "15.00 ± 0.00"
+    assert study.main([f"--runs_dir={tmp_path}", "--detectors"]) == 1  # needs --evaluation
+    assert study.main([f"--runs_dir={tmp_path}", "--detectors", "--evaluation=evaluation-post.json",
+                       "--variants=ce"]) == 0
+    assert "| ce | knn | 2 | 80.00 ± 0.00 | 97.00 ± 2.00 | 15.00 ± 0.00 |" in capsys.readouterr().out

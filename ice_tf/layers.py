@@ -252,7 +252,63 @@ def _validate_labels(labels, num_classes):
     return labels
 
 
-HEADS = ("linear", "gaussian")
+@keras.saving.register_keras_serializable(package="ice_tf")
+class VirtualOutlierHead(keras.layers.Dense):
+    """The linear head f(z) = Wz + b (Eq. 0.1) with VOS's uncertainty weights (Du et al.,
+    ICLR 2022): per-class energy weights w (the weighted energy log Σ_k relu(w_k) e^{f_k})
+    and a logistic regression on that energy (two logits, a·E + c), trained with the
+    network by `ice_tf.losses.VirtualOutlierLoss`. It is a Dense layer, so everything that
+    takes a linear head takes it; the extra weights are saved with it.
+
+    Example:
+      head = make_head("vos", num_classes=10)
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # The reference's torch.nn.init.uniform_ of the energy weights; Linear(1, 2) for
+        # the logistic regression (PyTorch's default: U(-1, 1) for one input).
+        self.energy_weights = self.add_weight(
+            name="energy_weights", shape=(self.units,),
+            initializer=keras.initializers.RandomUniform(0.0, 1.0), dtype="float32")
+        self.uncertainty_kernel = self.add_weight(
+            name="uncertainty_kernel", shape=(1, 2),
+            initializer=keras.initializers.RandomUniform(-1.0, 1.0), dtype="float32")
+        self.uncertainty_bias = self.add_weight(
+            name="uncertainty_bias", shape=(2,),
+            initializer=keras.initializers.RandomUniform(-1.0, 1.0), dtype="float32")
+
+    # Dense saves its kernel and bias alone; the base Layer saves every variable.
+    def save_own_variables(self, store):
+        """Saves every variable, the uncertainty weights too (Keras calls it)."""
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        """Loads what `save_own_variables` saved (Keras calls it)."""
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def weighted_energy(self, outputs):
+        """log Σ_k relu(w_k) exp(f_k) per row, computed stably (the reference's log_sum_exp).
+
+        Example:
+          head.weighted_energy(head(features))  # (batch,)
+        """
+        outputs = keras.ops.cast(outputs, "float32")
+        top = keras.ops.max(outputs, axis=-1, keepdims=True)
+        weighted = keras.ops.relu(self.energy_weights) * keras.ops.exp(outputs - top)
+        # + 1e-30: a row whose weights are all 0 stays finite.
+        return keras.ops.squeeze(top, -1) + keras.ops.log(keras.ops.sum(weighted, axis=-1) + 1e-30)
+
+    def uncertainty_logits(self, energy):
+        """The logistic regression's two logits for a weighted energy (batch,) -> (batch, 2).
+
+        Example:
+          head.uncertainty_logits(head.weighted_energy(outputs))
+        """
+        return keras.ops.expand_dims(energy, -1) * self.uncertainty_kernel + self.uncertainty_bias
+
+
+HEADS = ("linear", "gaussian", "vos")
 
 
 def make_head(kind, num_classes, name="head"):
@@ -260,8 +316,9 @@ def make_head(kind, num_classes, name="head"):
 
     Args:
       kind: "linear" (f(z) = Wz + b, Eq. 0.1; bias initialised to 0 and kernel to
-        PyTorch's nn.Linear default, as the reference WRN does) or "gaussian"
-        (`GaussianLayer`, Eq. 0.11). Both compute in float32 under mixed precision.
+        PyTorch's nn.Linear default, as the reference WRN does), "gaussian"
+        (`GaussianLayer`, Eq. 0.11) or "vos" (the linear head with VOS's uncertainty
+        weights, `VirtualOutlierHead`). Both compute in float32 under mixed precision.
       num_classes: K.
       name: the layer name.
 
@@ -280,6 +337,12 @@ def make_head(kind, num_classes, name="head"):
         )
     if kind == "gaussian":
         return GaussianLayer(num_classes, name=name)
+    if kind == "vos":
+        return VirtualOutlierHead(
+            num_classes,
+            kernel_initializer=keras.initializers.VarianceScaling(
+                scale=1.0 / 3.0, mode="fan_in", distribution="uniform"),
+            bias_initializer="zeros", dtype="float32", name=name)
     raise ValueError(f"Unknown head {kind!r}; valid heads: {', '.join(HEADS)}.")
 
 
@@ -292,4 +355,4 @@ def is_gaussian_head(layer):
     return isinstance(layer, GaussianLayer)
 
 
-__all__ = ["GaussianLayer", "HEADS", "make_head", "is_gaussian_head", "cross_entropy_scale"]
+__all__ = ["GaussianLayer", "VirtualOutlierHead", "HEADS", "make_head", "is_gaussian_head", "cross_entropy_scale"]

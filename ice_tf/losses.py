@@ -1,4 +1,4 @@
-"""Training objectives: plain cross-entropy, OE, Energy, BCE, ICE, ICE⁻, LogitNorm, MixOE and DAL.
+"""Training objectives: plain cross-entropy, OE, Energy, BCE, ICE, ICE⁻, LogitNorm, MixOE, DAL, VOS.
 
 Every loss has the form
 
@@ -271,13 +271,23 @@ class OODLoss:
         """
         return outputs_out
 
-    def build_state(self):
-        """Creates the method's running state (non-trainable variables, e.g. DAL's γ) in
-        the current strategy's scope; `OODModel.compile` calls it. The run's checkpoint
-        keeps `state_variables()`. Default: none.
+    def synthesize(self, head, features_in, labels, outputs_in, seed):
+        """The training loop's synthesis hook, on every training batch: a context dict (for
+        `extra_terms`) computed from the in-distribution features, e.g. terms on outliers
+        synthesized in feature space (VOS). Default: {}.
 
         Example:
-          loss.build_state(); [v.numpy() for v in loss.state_variables()]
+          context = loss.synthesize(model.head, features_in, labels, outputs_in, seed)
+        """
+        return {}
+
+    def build_state(self, model=None):
+        """Creates the method's running state (non-trainable variables, e.g. DAL's γ, VOS's
+        feature queues) in the current strategy's scope; `OODModel.compile` calls it with
+        the model. The run's checkpoint keeps `state_variables()`. Default: none.
+
+        Example:
+          loss.build_state(model); [v.numpy() for v in loss.state_variables()]
         """
 
     def state_variables(self):
@@ -672,7 +682,7 @@ class DistributionalAugmentationLoss(OODLoss):
         self.gamma_start = specs["gamma_start"].check(gamma_start)
         self.gamma = None
 
-    def build_state(self):
+    def build_state(self, model=None):
         if self.gamma is None:
             # MEAN: replicas each update γ from their own batch; the mean is kept.
             self.gamma = tf.Variable(self.gamma_start, trainable=False, dtype=tf.float32,
@@ -722,6 +732,153 @@ class DistributionalAugmentationLoss(OODLoss):
         return {**super().get_config(), "gamma_max": self.gamma_max, "beta": self.beta,
                 "rho": self.rho, "strength": self.strength, "iterations": self.iterations,
                 "gamma_start": self.gamma_start}
+
+
+@keras.saving.register_keras_serializable(package="ice_tf")
+class VirtualOutlierLoss(OODLoss):
+    """VOS, Virtual Outlier Synthesis (Du et al., ICLR 2022): outliers synthesized in feature
+    space from class-conditional Gaussians of the training features; no auxiliary outliers.
+
+    A queue keeps the last `queue_size` features of each class (inference of the current
+    batch's training-mode features, detached). Once every queue is full and the step is at
+    least `start_step`, each batch estimates the class means μ_k and the tied covariance
+    Σ = (1/N) Σ (z - μ_y)(z - μ_y)ᵀ + 1e-4 I of the queues, draws `candidates` samples
+    μ_k + L u (L Lᵀ = Σ, u ~ N(0, I)) per class and keeps the `select` least likely ones
+    (largest ‖u‖, the same order as the density). The uncertainty loss is the logistic
+    regression of the head's weighted energy (`VirtualOutlierHead`: log Σ_k relu(w_k) e^{f_k})
+    between the batch (label 1) and the virtual outliers through the head (label 0):
+    CE(f(x), y) + λ · CE_2(uncertainty logits, in / virtual). Evaluated with the energy
+    score, as in the paper. Defaults: the paper's (λ = 0.1, 1,000 features per class, 10,000
+    candidates, 1 selected per class); the paper starts at epoch 40 of 100, which
+    `start_step` sets in steps (0: as soon as the queues are full). Trains the "vos" head.
+
+    Example:
+      model = OODModel(backbone, ice_tf.layers.make_head("vos", 10))
+      model.compile(optimizer, loss=VirtualOutlierLoss())  # or loss="vos"
+    """
+
+    uses_outliers = False
+    term_names = ("ce", "uncertainty_term")
+    default_head = "vos"
+    default_score = "energy"
+    display_name = "VOS"
+    hyperparameter_specs = (
+        weight_hyperparameter(0.1),
+        Hyperparameter("queue_size", 1000, "VOS features kept per class.",
+                       flag="vos_queue_size", minimum=2, kind=int),
+        Hyperparameter("candidates", 10000, "VOS samples drawn per class and batch.",
+                       flag="vos_candidates", minimum=1, kind=int),
+        Hyperparameter("select", 1, "VOS least likely samples kept per class.",
+                       flag="vos_select", minimum=1, kind=int),
+        Hyperparameter("start_step", 0, "VOS: the first training step of the uncertainty loss "
+                       "(the paper: epoch 40 of 100).", flag="vos_start_step", minimum=0, kind=int),
+    )
+
+    def __init__(self, weight=None, queue_size=1000, candidates=10000, select=1, start_step=0,
+                 name=None):
+        super().__init__(weight=weight, name=name)
+        specs = {h.argument: h for h in self.hyperparameter_specs}
+        self.queue_size = specs["queue_size"].check(queue_size)
+        self.candidates = specs["candidates"].check(candidates)
+        self.select = specs["select"].check(select)
+        if self.select > self.candidates:
+            raise ValueError(f"vos_select ({select}) must be <= vos_candidates ({candidates}).")
+        self.start_step = specs["start_step"].check(start_step)
+        self.queue = self.filled = self.step = None
+
+    def build_state(self, model=None):
+        if self.queue is not None or model is None:
+            return
+        head = model.head
+        if not hasattr(head, "weighted_energy"):
+            raise ValueError("loss 'vos' trains the 'vos' head (ice_tf.layers.make_head('vos', K)), "
+                             f"which carries its uncertainty weights; this model has {type(head).__name__}.")
+        num_classes, dim = int(head.units), int(head.kernel.shape[0])
+        aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.queue = tf.Variable(tf.zeros((num_classes, self.queue_size, dim)), trainable=False,
+                                 name="vos_queue", aggregation=aggregation)
+        self.filled = tf.Variable(tf.zeros((num_classes,), tf.int32), trainable=False,
+                                  name="vos_filled", aggregation=aggregation)
+        self.step = tf.Variable(0, trainable=False, dtype=tf.int64, name="vos_step",
+                                aggregation=aggregation)
+
+    def state_variables(self):
+        return [] if self.queue is None else [self.queue, self.filled, self.step]
+
+    def enqueue(self, features, labels):
+        """Appends the batch's features to their classes' queues (the oldest leave).
+
+        Example:
+          loss.enqueue(features, labels)
+        """
+        features = tf.stop_gradient(tf.cast(features, tf.float32))
+        num_classes = self.queue.shape[0]
+        queues, filled = [], []
+        for k in range(num_classes):
+            mine = tf.boolean_mask(features, tf.equal(labels, k))
+            queues.append(tf.concat([self.queue[k], mine], axis=0)[-self.queue_size:])
+            filled.append(tf.minimum(self.filled[k] + tf.shape(mine)[0], self.queue_size))
+        return tf.group(self.queue.assign(tf.stack(queues)), self.filled.assign(tf.stack(filled)))
+
+    def virtual_outliers(self, seed):
+        """(K · select, d) virtual outliers from the queues' class-conditional Gaussians.
+
+        Example:
+          loss.virtual_outliers(tf.constant([0, 1]))
+        """
+        queue = self.queue
+        means = tf.reduce_mean(queue, axis=1)
+        centred = tf.reshape(queue - means[:, None, :], (-1, queue.shape[-1]))
+        covariance = (tf.matmul(centred, centred, transpose_a=True)
+                      / tf.cast(tf.shape(centred)[0], tf.float32)
+                      + 1e-4 * tf.eye(queue.shape[-1]))
+        chol = tf.linalg.cholesky(covariance)
+        outliers = []
+        for k in range(queue.shape[0]):
+            u = tf.random.stateless_normal((self.candidates, queue.shape[-1]),
+                                           tf.random.experimental.stateless_fold_in(seed, k))
+            # The least likely samples under N(μ_k, Σ) are those of largest ‖u‖.
+            _, farthest = tf.math.top_k(tf.reduce_sum(tf.square(u), axis=-1), k=self.select)
+            outliers.append(means[k] + tf.matmul(tf.gather(u, farthest), chol, transpose_b=True))
+        return tf.concat(outliers, axis=0)
+
+    def uncertainty(self, head, outputs_in, virtual):
+        """The logistic regression's CE between the batch (1) and the virtual outliers (0).
+
+        Example:
+          loss.uncertainty(model.head, outputs_in, loss.virtual_outliers(seed))
+        """
+        energy = tf.concat([head.weighted_energy(outputs_in),
+                            head.weighted_energy(head(tf.cast(virtual, head.compute_dtype)))], 0)
+        targets = tf.concat([tf.ones(tf.shape(outputs_in)[0], tf.int32),
+                             tf.zeros(tf.shape(virtual)[0], tf.int32)], 0)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=targets, logits=head.uncertainty_logits(energy)))
+
+    def synthesize(self, head, features_in, labels, outputs_in, seed):
+        if self.queue is None:
+            raise RuntimeError("compile the model with loss 'vos' before training: it builds the queues.")
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        # As the reference: full queues (before this batch) start the loss; this batch's
+        # features join the queues first, and the Gaussians are estimated from them.
+        ready = tf.logical_and(tf.reduce_all(tf.equal(self.filled, self.queue_size)),
+                               self.step >= self.start_step)
+        with tf.control_dependencies([ready]):
+            updates = tf.group(self.enqueue(features_in, labels), self.step.assign_add(1))
+        with tf.control_dependencies([updates]):
+            term = tf.cond(ready,
+                           lambda: self.uncertainty(head, outputs_in, self.virtual_outliers(seed)),
+                           lambda: tf.constant(0.0))
+        return {"uncertainty": term}
+
+    def extra_terms(self, labels, outputs_in, outputs_out, uncertainty=None):
+        return {} if uncertainty is None else {"uncertainty_term": uncertainty}
+
+    def get_config(self):
+        """The constructor arguments, for Keras serialization."""
+        return {**super().get_config(), "queue_size": self.queue_size,
+                "candidates": self.candidates, "select": self.select,
+                "start_step": self.start_step}
 
 
 def ice_outlier_term(outputs_out):
@@ -891,6 +1048,7 @@ for _name, _class in (
     ("logitnorm", LogitNormLoss),
     ("mixoe", MixOELoss),
     ("dal", DistributionalAugmentationLoss),
+    ("vos", VirtualOutlierLoss),
 ):
     register(_name, _class)
 

@@ -37,7 +37,7 @@ def test_round_trip_through_json():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"loss": "focal"}, "choose one of: bce, ce, dal, energy, ice, ice_minus, logitnorm, mixoe, oe, or register "
+        ({"loss": "focal"}, "choose one of: bce, ce, dal, energy, ice, ice_minus, logitnorm, mixoe, oe, vos, or register "
                             "your own in a module and name it with --import=MODULE"),
         ({"backbone": "vit"}, "densenet40_12, small_cnn, wrn16_2, wrn16_4, wrn34_10, wrn40_2"),
         ({"in_dataset": "gaussian"}, "no labels"),

@@ -73,7 +73,7 @@ def reference(name, weight, y, f_in, f_out, margin_in=-23.0, margin_out=-5.0,
         g = (_softmax(normalised) - _onehot(y, num_classes)) / n_in
         # d(f / ‖f‖)/df = (I - f fᵀ / ‖f‖²) / ‖f‖
         grad_in = (g - (g * f_in).sum(1, keepdims=True) * f_in / norms**2) / (0.04 * norms)
-    elif name != "ce":
+    elif name not in ("ce", "vos"):  # VOS without its synthesis hook: CE alone
         raise AssertionError(name)
     return loss, grad_in, grad_out
 
@@ -254,8 +254,8 @@ def test_outlier_exactly_on_a_class_mean_costs_a_large_finite_ice_loss():
 
 # ------------------------------------------------------------------ the API
 def test_registry_names_and_errors():
-    assert losses.names() == ["bce", "ce", "dal", "energy", "ice", "ice_minus", "logitnorm", "mixoe", "oe"]
-    with pytest.raises(ValueError, match="bce, ce, dal, energy, ice, ice_minus, logitnorm, mixoe, oe"):
+    assert losses.names() == ["bce", "ce", "dal", "energy", "ice", "ice_minus", "logitnorm", "mixoe", "oe", "vos"]
+    with pytest.raises(ValueError, match="bce, ce, dal, energy, ice, ice_minus, logitnorm, mixoe, oe, vos"):
         losses.get("focal")
     with pytest.raises(ValueError, match="lambda"):
         losses.get("ice", weight=-0.1)
@@ -443,3 +443,102 @@ def test_dal_state_is_checkpointed_and_restored(tmp_path):
     assert float(fresh.ood_loss.gamma.numpy()) == pytest.approx(0.01)
     assert checkpoint.restore_training_state(fresh, str(tmp_path)) == (2, 0)
     assert float(fresh.ood_loss.gamma.numpy()) == pytest.approx(gamma)
+
+
+
+# ------------------------------------------------------------------ VOS
+def _vos_model(queue_size=4, candidates=50, select=1, start_step=0, classes=3):
+    from helpers import tiny_backbone
+
+    from ice_tf import models
+
+    model = models.OODModel(tiny_backbone(), layers.make_head("vos", classes))
+    model.compile(keras.optimizers.SGD(0.01), loss=losses.get(
+        "vos", queue_size=queue_size, candidates=candidates, select=select, start_step=start_step))
+    return model
+
+
+def test_vos_weighted_energy_and_uncertainty_match_float64_reference():
+    rng = np.random.default_rng(15)
+    model = _vos_model()
+    head, loss = model.head, model.ood_loss
+    energy_w = rng.uniform(-0.5, 1.0, 3)
+    head.energy_weights.assign(energy_w.astype("float32"))
+    a, c = rng.normal(size=(1, 2)), rng.normal(size=2)
+    head.uncertainty_kernel.assign(a.astype("float32"))
+    head.uncertainty_bias.assign(c.astype("float32"))
+    outputs = rng.normal(0, 3, (5, 3))
+    virtual = rng.normal(size=(3, 8)).astype("float32")
+    w, b = [v.numpy().astype(np.float64) for v in (head.kernel, head.bias)]
+
+    def weighted_energy(f):  # log Σ relu(w_k) exp(f_k)
+        return np.log((np.maximum(energy_w, 0) * np.exp(f)).sum(-1))
+
+    np.testing.assert_allclose(head.weighted_energy(tf.constant(outputs, tf.float32)).numpy(),
+                               weighted_energy(outputs), rtol=1e-5)
+    energy = np.concatenate([weighted_energy(outputs), weighted_energy(virtual @ w + b)])
+    logits = energy[:, None] * a + c
+    targets = np.array([1] * 5 + [0] * 3)
+    reference = np.mean(-_log_softmax(logits)[np.arange(8), targets])
+    value = loss.uncertainty(head, tf.constant(outputs, tf.float32), tf.constant(virtual))
+    assert float(value) == pytest.approx(reference, rel=1e-5)
+
+
+def test_vos_queues_are_fifo_per_class_and_virtual_outliers_are_the_least_likely():
+    model = _vos_model(queue_size=3, candidates=200, select=2)
+    loss = model.ood_loss
+    features = np.arange(6 * 8, dtype="float32").reshape(6, 8)
+    labels = tf.constant([0, 1, 0, 0, 0, 2])
+    loss.enqueue(tf.constant(features), labels)
+    np.testing.assert_array_equal(loss.queue[0].numpy(), features[[2, 3, 4]])  # the last 3
+    np.testing.assert_array_equal(loss.queue[1].numpy()[-1], features[1])
+    assert list(loss.filled.numpy()) == [3, 1, 1]
+    rng = np.random.default_rng(16)
+    queue = rng.normal(size=(3, 3, 8)).astype("float32")
+    loss.queue.assign(queue)
+    seed = tf.constant([4, 2])
+    virtual = loss.virtual_outliers(seed).numpy()
+    means = queue.astype(np.float64).mean(1)
+    centred = (queue - means[:, None]).reshape(-1, 8)
+    cholesky = np.linalg.cholesky(centred.T @ centred / len(centred) + 1e-4 * np.eye(8))
+    expected = []
+    for k in range(3):
+        u = tf.random.stateless_normal((200, 8), tf.random.experimental.stateless_fold_in(seed, k)).numpy()
+        farthest = np.argsort(-(u ** 2).sum(1))[:2]
+        expected.append(means[k] + u[farthest] @ cholesky.T)
+        # the least likely of the candidates under N(μ_k, Σ)
+        samples = means[k] + u @ cholesky.T
+        precision = np.linalg.inv(cholesky @ cholesky.T)
+        distance = np.einsum("nd,de,ne->n", samples - means[k], precision, samples - means[k])
+        assert set(np.argsort(-distance)[:2]) == set(farthest)
+    np.testing.assert_allclose(virtual, np.concatenate(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_vos_trains_its_uncertainty_term_once_the_queues_are_full(tmp_path):
+    from helpers import blob_data, zipped_dataset
+
+    from ice_tf.experiment import checkpoint
+
+    images, labels, outliers = blob_data()
+    model = _vos_model(queue_size=8)
+    history = model.fit(zipped_dataset(images, labels, outliers), epochs=2, verbose=0,
+                        callbacks=[checkpoint.TrainingCheckpoint(str(tmp_path))])
+    terms = history.history["uncertainty_term"]
+    assert np.all(np.isfinite(terms)) and terms[-1] > 0  # full after a few batches of 16
+    assert list(model.ood_loss.filled.numpy()) == [8, 8, 8]
+    fresh = _vos_model(queue_size=8)
+    assert checkpoint.restore_training_state(fresh, str(tmp_path)) == (2, 0)
+    np.testing.assert_array_equal(fresh.ood_loss.queue.numpy(), model.ood_loss.queue.numpy())
+    assert int(fresh.ood_loss.step.numpy()) == int(model.ood_loss.step.numpy())
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[:2] == [
+        "epoch-0001.state.npz", "epoch-0001.weights.h5"]
+
+
+def test_vos_needs_its_head():
+    from helpers import tiny_backbone
+
+    from ice_tf import models
+
+    model = models.OODModel(tiny_backbone(), layers.make_head("linear", 3))
+    with pytest.raises(ValueError, match="make_head\\('vos', K\\)"):
+        model.compile(keras.optimizers.SGD(0.01), loss="vos")

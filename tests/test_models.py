@@ -22,6 +22,8 @@ def _sgd(lr=0.05, momentum=0.9):
 def test_fit_lowers_the_loss(name, head):
     images, labels, outliers = blob_data()
     dataset = zipped_dataset(images, labels, outliers)
+    if losses.spec(name).default_head == "vos":
+        head = "vos"  # VOS trains the head that carries its uncertainty weights
     model = _model(head)
     # MixOE's uniform-leaning targets on images close to the in-distribution ones, and DAL's
     # outliers pushed to the worst case in feature space, widen a Gaussian head's scale fast

@@ -85,6 +85,11 @@ def _method_state_variables(model):
     return loss.state_variables() if loss is not None else []
 
 
+def _method_state_file(weights_name):
+    """epoch-0003.weights.h5 -> epoch-0003.state.npz: the method's state of that checkpoint."""
+    return weights_name[: -len(".weights.h5")] + ".state.npz"
+
+
 def _all_finite(model):
     return all(np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in model.weights
                if "float" in str(v.dtype))
@@ -153,9 +158,13 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             "iterations": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
             "random_state": [keras.ops.convert_to_numpy(v).tolist()
                              for v in _random_state_variables(self.model)],
-            "method_state": [keras.ops.convert_to_numpy(v).tolist()
-                             for v in _method_state_variables(self.model)],
         }
+        method_state = _method_state_variables(self.model)
+        if method_state:  # beside the weights: VOS's queues are too large for the JSON
+            state["method_state"] = _method_state_file(weights_name)
+            with atomic_io.atomic_path(os.path.join(directory, state["method_state"]),
+                                       suffix=".npz") as temporary:
+                np.savez(temporary, *[keras.ops.convert_to_numpy(v) for v in method_state])
         record = getattr(self.metrics_logger, "last_record", None)
         if record and record.get("epoch") == epoch:
             state["metrics"] = record
@@ -166,8 +175,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         atomic_io.write_atomic(last, json.dumps(state) + "\n")
         keep = {weights_name, (folder_lib.read_checkpoint_state(
             self.folder, folder_lib.PREVIOUS_STATE) or {}).get("weights")}
+        keep |= {_method_state_file(name) for name in keep if name}
         for name in os.listdir(directory):
-            if name.endswith(".weights.h5") and name.startswith("epoch-") and name not in keep:
+            if (name.startswith("epoch-") and name not in keep
+                    and (name.endswith(".weights.h5") or name.endswith(".state.npz"))):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(directory, name))
 
@@ -260,12 +271,20 @@ def restore_training_state(model, folder, state=None):
             f"{weights_path} does not fit this model ({str(error).splitlines()[0]}); "
             "train into another output_dir, or pass --overwrite to start over."
         ) from None
-    for variables, key in ((_random_state_variables(model), "random_state"),
-                           (_method_state_variables(model), "method_state")):
-        if len(variables) == len(state.get(key, [])):
-            for variable, value in zip(variables, state[key]):
-                dtype = getattr(variable.dtype, "as_numpy_dtype", variable.dtype)  # tf or keras
-                variable.assign(np.asarray(value, dtype=dtype))
+    generators = _random_state_variables(model)
+    if len(generators) == len(state.get("random_state", [])):
+        for variable, value in zip(generators, state["random_state"]):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+    method_state = _method_state_variables(model)
+    if method_state and state.get("method_state"):
+        path = folder_lib.path(folder, os.path.join(folder_lib.CHECKPOINTS_DIR, state["method_state"]))
+        with np.load(path) as arrays:
+            values = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        if [v.shape for v in values] != [tuple(v.shape) for v in method_state]:
+            raise ValueError(f"{path} does not fit this run's method; train into another "
+                             "output_dir, or pass --overwrite to start over.")
+        for variable, value in zip(method_state, values):
+            variable.assign(value)
     return int(state["epoch"]), int(state.get("step", 0))
 
 

@@ -25,7 +25,7 @@ from ice_tf.analysis import ANALYSES  # the training-time analyses a run may rec
 # refused by `validate`, never ignored.
 SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
-HEAD_CHOICES = ("auto", "linear", "gaussian")
+HEAD_CHOICES = ("auto", "linear", "gaussian", "vos")  # ice_tf.layers.HEADS and "auto"
 # How a Gaussian head starts a scratch run: "random", N(0, 0.05²) means (Keras' random_normal)
 # and L = I; "class_means", the class means of the first batches' features and L = I;
 # "features", those means and the Cholesky factor of their tied covariance (GDA).

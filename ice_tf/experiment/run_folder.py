@@ -105,7 +105,8 @@ OUTPUT_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, CHECKPOINTS_DIR, *PRODUCT_DIRS)
 OWNED_INSIDE = {
     ANALYSIS_DIR: ("*.jsonl", ".tmp-*"),
     TENSORBOARD_DIR: ("events.out.tfevents.*", "*/events.out.tfevents.*"),
-    CHECKPOINTS_DIR: ("epoch-*.weights.h5", "last.json", "previous.json", ".tmp-*"),
+    CHECKPOINTS_DIR: ("epoch-*.weights.h5", "epoch-*.state.npz", "last.json", "previous.json",
+                      ".tmp-*"),
 }
 # Prefixes of the staging files and folders of atomic writes (ice_tf.atomic_io,
 # ice_tf.export); a killed write leaves one behind, the next run removes it.

@@ -176,7 +176,7 @@ class OODModel(keras.Model):
         if kwargs.get("loss") is not None or kwargs.get("metrics"):
             raise ValueError("OODModel tracks its own loss terms and accuracy; pass `loss=` only.")
         self.ood_loss = losses_lib.get(loss)
-        self.ood_loss.build_state()  # in the caller's strategy scope, as the weights
+        self.ood_loss.build_state(self)  # in the caller's strategy scope, as the weights
         self.weight_decay = float(weight_decay)
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
@@ -259,29 +259,34 @@ class OODModel(keras.Model):
             outputs = self(images, training=False)
             terms = self.ood_loss.in_distribution_terms(labels, outputs)
             return labels, outputs, terms, self.ood_loss.combine(terms)
-        context = None
-        if training and outliers is not None:  # the method's batch hook (MixOE's mixing)
+        context = {}
+        if training:
             step = tf.cast(self.optimizer.iterations, tf.int32)
             seed = tf.stack([tf.constant(self.seed, tf.int32), step])
+        if training and outliers is not None:  # the method's batch hook (MixOE's mixing)
             images, labels, outliers, context = self.ood_loss.transform_batch(
                 images, labels, outliers, seed)
         num_in = tf.shape(images)[0]
         if outliers is None:
-            outputs = self(images, training=training)
-            outputs_in, outputs_out = outputs, None
+            features_in = self.backbone(images, training=training)
+            outputs_in, outputs_out = self.head(features_in), None
         elif self.outlier_batchnorm == "joint" or not training:
             batch = tf.concat([images, tf.cast(outliers, images.dtype)], axis=0)
             features = self.backbone(batch, training=training)
             outputs = self.head(features)
             outputs_in, outputs_out = outputs[:num_in], outputs[num_in:]
-            features_out = features[num_in:]
+            features_in, features_out = features[:num_in], features[num_in:]
         else:
-            outputs_in = self(images, training=True)
+            features_in = self.backbone(images, training=True)
+            outputs_in = self.head(features_in)
             features_out = self._outlier_features(tf.cast(outliers, images.dtype))
             outputs_out = self.head(features_out)
         if training and outputs_out is not None:  # the feature-space hook (DAL's perturbation)
             outputs_out = self.ood_loss.outlier_outputs(self.head, features_out, outputs_out, seed)
-        terms = self.ood_loss.terms(labels, outputs_in, outputs_out, context)
+        if training:  # the synthesis hook (VOS's virtual outliers)
+            context = {**context, **self.ood_loss.synthesize(self.head, features_in, labels,
+                                                             outputs_in, seed)}
+        terms = self.ood_loss.terms(labels, outputs_in, outputs_out, context or None)
         return labels, outputs_in, terms, self.ood_loss.combine(terms)
 
     def _batchnorm_moving_variables(self):

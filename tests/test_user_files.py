@@ -489,3 +489,27 @@ def test_reports_replace_their_own_files_only(tmp_path):
         f"error: {tmp_path}/comparison.md exists and is not a table ice-tf compare wrote; move it "
         "away or write elsewhere (the output folder or --output)."]
     assert (tmp_path / "comparison.md").read_text() == "# my comparison of methods"
+
+
+def test_an_interrupt_taken_by_the_input_pipeline_still_stops_training(tmp_path):
+    # tf.data can take a KeyboardInterrupt raised in its Python code for the end of the data;
+    # the guard has recorded the signal, so fit stops and no epoch is checkpointed as done.
+    from helpers import blob_data, tiny_backbone, zipped_dataset
+
+    from ice_tf import layers
+
+    images, labels, outliers = blob_data()
+    model = models.OODModel(tiny_backbone(), layers.make_head("linear", 3))
+    model.compile(keras.optimizers.SGD(0.01), loss="oe")
+
+    class Swallowed(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                guard.interrupted = True  # what the handler records before raising
+
+    with checkpoint_lib.InterruptGuard() as guard:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(zipped_dataset(images, labels, outliers), epochs=3, verbose=0,
+                      callbacks=[guard, Swallowed(), checkpoint_lib.TrainingCheckpoint(str(tmp_path))])
+    assert checkpoint_lib.training_position(str(tmp_path))[0] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

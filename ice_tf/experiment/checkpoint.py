@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
 import os
 import time
 import warnings
@@ -183,6 +185,53 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                     os.remove(os.path.join(directory, name))
 
 
+class InterruptGuard(keras.callbacks.Callback):
+    """Makes Ctrl-C stop training for certain. A KeyboardInterrupt raised while the input
+    pipeline runs Python code can be taken by tf.data for the end of the data, and fit would
+    then return as if the epochs were done. The guard records the signal, raises at the next
+    batch or epoch end (before the checkpoint's `on_epoch_end`: place it first), and
+    `check()` raises after fit, so an interrupted run never goes on to look finished.
+
+    Example:
+      with InterruptGuard() as guard:
+          model.fit(data, epochs=6, callbacks=[guard, TrainingCheckpoint("runs/a")])
+          guard.check()
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+    def _handle(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def check(self):
+        """Raises KeyboardInterrupt when Ctrl-C came during training."""
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Stops at the batch after the signal."""
+        self.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Stops before an interrupted epoch is checkpointed as done."""
+        self.check()
+
+
 def _weights_damage(weights_path):
     """Why a weights file cannot be read back (missing, truncated, unreadable), or None."""
     import h5py
@@ -288,5 +337,5 @@ def restore_training_state(model, folder, state=None):
     return int(state["epoch"]), int(state.get("step", 0))
 
 
-__all__ = ["JsonLinesLogger", "TrainingCheckpoint",
+__all__ = ["JsonLinesLogger", "TrainingCheckpoint", "InterruptGuard",
            "usable_state", "training_position", "restore_training_state"]

@@ -205,16 +205,20 @@ def _train(config, strategy, out, verbose, resume=False, extra_callbacks=()):
         ]
     callbacks += list(extra_callbacks)
     started = time.time()
-    if start_step:
-        # First the rest of the epoch the run stopped in, then the epochs after it.
-        logger.resumed_at_step = start_step
-        model.fit(train_ds, epochs=start_epoch + 1, steps_per_epoch=steps_per_epoch - start_step,
-                  initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
-        start_epoch += 1
-        logger.start_epoch = start_epoch
-        train_ds, _ = train_data(start_epoch * steps_per_epoch)
-    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
+    with checkpoint_lib.InterruptGuard() as guard:
+        callbacks = [guard, *callbacks]  # first: an interrupted epoch is never checkpointed
+        if start_step:
+            # First the rest of the epoch the run stopped in, then the epochs after it.
+            logger.resumed_at_step = start_step
+            model.fit(train_ds, epochs=start_epoch + 1, steps_per_epoch=steps_per_epoch - start_step,
+                      initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
+            guard.check()
+            start_epoch += 1
+            logger.start_epoch = start_epoch
+            train_ds, _ = train_data(start_epoch * steps_per_epoch)
+        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                            initial_epoch=start_epoch, callbacks=callbacks, verbose=verbose and 1)
+        guard.check()
     if not np.all(np.isfinite(history.history.get("loss", []))):
         raise FloatingPointError("training diverged (non-finite loss); no results written.")
     return model, history, time.time() - started

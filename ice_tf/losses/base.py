@@ -207,6 +207,13 @@ class OODLoss:
         """
         return {h.argument: h.default for h in cls.declared_hyperparameters()}
 
+    def _set_hyperparameters(self, **values):
+        """Sets each of `values` as an attribute, checked by its declared `Hyperparameter`
+        (a ValueError naming the flag and its bounds)."""
+        declared = {h.argument: h for h in self.declared_hyperparameters()}
+        for argument, value in values.items():
+            setattr(self, argument, declared[argument].check(value))
+
     def __init__(self, weight=None, name=None):
         self.weight = _check_weight("weight (lambda)", self._default_weight() if weight is None else weight)
         self.name = name or _REVERSE_REGISTRY.get(type(self), type(self).__name__)

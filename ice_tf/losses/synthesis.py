@@ -76,10 +76,7 @@ class MixOELoss(OODLoss):
 
     def __init__(self, weight=None, alpha=0.1, beta=1.0, operator="cutmix", name=None):
         super().__init__(weight=weight, name=name)
-        specs = {h.argument: h for h in self.hyperparameter_specs}
-        self.alpha = specs["alpha"].check(alpha)
-        self.beta = specs["beta"].check(beta)
-        self.operator = specs["operator"].check(operator)
+        self._set_hyperparameters(alpha=alpha, beta=beta, operator=operator)
 
     def transform_batch(self, images, labels, outliers, seed):
         count = tf.minimum(tf.shape(images)[0], tf.shape(outliers)[0])
@@ -158,13 +155,8 @@ class DistributionalAugmentationLoss(OODLoss):
     def __init__(self, weight=None, gamma_max=10.0, beta=0.01, rho=10.0, strength=1.0,
                  iterations=10, gamma_start=0.01, name=None):
         super().__init__(weight=weight, name=name)
-        specs = {h.argument: h for h in self.hyperparameter_specs}
-        self.gamma_max = specs["gamma_max"].check(gamma_max)
-        self.beta = specs["beta"].check(beta)
-        self.rho = specs["rho"].check(rho)
-        self.strength = specs["strength"].check(strength)
-        self.iterations = specs["iterations"].check(iterations)
-        self.gamma_start = specs["gamma_start"].check(gamma_start)
+        self._set_hyperparameters(gamma_max=gamma_max, beta=beta, rho=rho, strength=strength,
+                                  iterations=iterations, gamma_start=gamma_start)
         self.gamma = None
 
     def build_state(self, model=None):
@@ -262,13 +254,10 @@ class VirtualOutlierLoss(OODLoss):
     def __init__(self, weight=None, queue_size=1000, candidates=10000, select=1, start_step=0,
                  name=None):
         super().__init__(weight=weight, name=name)
-        specs = {h.argument: h for h in self.hyperparameter_specs}
-        self.queue_size = specs["queue_size"].check(queue_size)
-        self.candidates = specs["candidates"].check(candidates)
-        self.select = specs["select"].check(select)
+        self._set_hyperparameters(queue_size=queue_size, candidates=candidates, select=select,
+                                  start_step=start_step)
         if self.select > self.candidates:
             raise ValueError(f"vos_select ({select}) must be <= vos_candidates ({candidates}).")
-        self.start_step = specs["start_step"].check(start_step)
         self.queue = self.filled = self.step = None
 
     def build_state(self, model=None):

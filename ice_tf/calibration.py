@@ -368,8 +368,66 @@ def fit_temperature(max_h_in, max_h_out, bounds=(1e-3, 1e3)):
     return float(np.exp((low + high) / 2.0))
 
 
+def platt_confidence(max_h, slope, offset):
+    """σ(a · max h + b) ∈ (0, 1): Platt's map of ICE's score (Eq. 0.11) to a confidence.
+
+    Two parameters where the temperature has one: a (> 0) sets how fast the confidence
+    falls with max h and b where it crosses ½, so it can be low on outliers whose max h
+    is only moderately below that of in-distribution images. Monotone in max h: AUROC is
+    that of max h.
+
+    Example:
+      platt_confidence(np.array([0.0, -5.0]), 1.0, 2.0)  # [0.881, 0.0474]
+    """
+    if not slope > 0:
+        raise ValueError(f"slope must be > 0, got {slope!r}.")
+    x = float(slope) * np.asarray(max_h, np.float64) + float(offset)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def fit_platt(max_h_in, max_h_out):
+    """(a, b) of Platt's map σ(a · max h + b) as a calibrated P(in-distribution).
+
+    Minimises the class-balanced log loss -½[mean log c(in) + mean log(1 - c(out))] (the
+    loss `fit_temperature` minimises, Eqs. 0.13-0.14, with two parameters), in float64
+    with L-BFGS on (log a, b) from the standardised scores. Fit it on validation images
+    and validation outliers, never on the test sets.
+
+    Example:
+      a, b = fit_platt(max_h_val_in, max_h_val_outliers)
+      confidence = platt_confidence(max_h_test, a, b)
+    """
+    from scipy import optimize
+
+    max_h_in = np.asarray(max_h_in, np.float64).reshape(-1)
+    max_h_out = np.asarray(max_h_out, np.float64).reshape(-1)
+    if not len(max_h_in) or not len(max_h_out):
+        raise ValueError("fit_platt needs in-distribution and outlier scores.")
+    if not (np.all(np.isfinite(max_h_in)) and np.all(np.isfinite(max_h_out))):
+        raise ValueError("fit_platt needs finite scores max h.")
+    both = np.concatenate([max_h_in, max_h_out])
+    centre, spread = both.mean(), max(both.std(), 1e-12)
+    u_in, u_out = (max_h_in - centre) / spread, (max_h_out - centre) / spread
+
+    def loss_and_gradient(params):
+        log_a, b = params
+        a = np.exp(log_a)
+        x_in, x_out = a * u_in + b, a * u_out + b
+        # -log σ(x) = logaddexp(0, -x); -log(1 - σ(x)) = logaddexp(0, x).
+        loss = 0.5 * (np.logaddexp(0.0, -x_in).mean() + np.logaddexp(0.0, x_out).mean())
+        g_in = -0.5 * np.exp(-np.logaddexp(0.0, x_in)) / len(u_in)    # d/dx_in = -(1 - σ)/2n
+        g_out = 0.5 * np.exp(-np.logaddexp(0.0, -x_out)) / len(u_out)  # d/dx_out = σ/2n
+        gradient = np.array([a * (g_in @ u_in + g_out @ u_out), g_in.sum() + g_out.sum()])
+        return loss, gradient
+
+    result = optimize.minimize(loss_and_gradient, np.array([0.0, 0.0]), jac=True,
+                               method="L-BFGS-B", bounds=[(-20.0, 20.0), (-1e3, 1e3)])
+    a = float(np.exp(result.x[0])) / spread
+    return a, float(result.x[1] - a * centre)
+
+
 __all__ = [
-    "fit_temperature", "temperature_confidence",
+    "fit_temperature", "temperature_confidence", "fit_platt", "platt_confidence",
     "ReliabilityBins",
     "validate",
     "bin_edges",

@@ -14,9 +14,11 @@ InvalidArgumentError naming the expected shape (never a process abort), another 
 is refused by the signature, and an empty batch gives empty outputs. Each returns:
 
   probabilities  (batch, K)  softmax of the head's outputs (Eq. 0.2 / 0.12);
-  confidence     (batch,)    exp(max_i h_i / T) in (0, 1] for a Gaussian head (Eqs. 0.11,
-                             0.13; T = the head's confidence_temperature, fitted on
-                             validation data by runs, else 1), max softmax for a linear head;
+  confidence     (batch,)    P(in-distribution) for a Gaussian head: σ(a · max_i h_i + b)
+                             with the head's confidence_platt (a, b), fitted on validation
+                             data by runs, else exp(max_i h_i / T) (Eqs. 0.11, 0.13; T = the
+                             head's confidence_temperature, 1 unless fitted); max softmax
+                             for a linear head;
   score          (batch,)    the OOD score (higher = more in-distribution), by default
                              `ice` (max h) or `msp`;
   outputs        (batch, K)  the raw head outputs (h or logits).
@@ -73,7 +75,8 @@ def serving_outputs(model, images, score=None):
     nan_rows = tf.fill(tf.shape(outputs), float("nan"))
     outputs = tf.where(finite[:, None], outputs, nan_rows)
     confidence = scores_lib.confidence(
-        outputs, gaussian, getattr(model.head, "confidence_temperature", 1.0))
+        outputs, gaussian, getattr(model.head, "confidence_temperature", 1.0),
+        getattr(model.head, "confidence_platt", None))
     return {
         "probabilities": tf.nn.softmax(outputs, axis=-1),
         "confidence": tf.where(finite, confidence, tf.zeros_like(confidence)),

@@ -64,7 +64,7 @@ class GaussianLayer(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, means_initializer="random_normal", confidence_temperature=1.0,
-                 **kwargs):
+                 confidence_platt=None, **kwargs):
         if kwargs.get("dtype") is None:
             kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
@@ -75,6 +75,10 @@ class GaussianLayer(keras.layers.Layer):
         # T of the served confidence exp(max h / T) (ice_tf.calibration.fit_temperature);
         # 1 is the paper's exp(max h). Saved with the model; scores and AUROC ignore it.
         self.confidence_temperature = float(confidence_temperature)
+        # (a, b) of the served confidence σ(a · max h + b) (ice_tf.calibration.fit_platt),
+        # used instead of the temperature when set.
+        self.confidence_platt = (None if confidence_platt is None
+                                 else tuple(float(v) for v in confidence_platt))
         self.means_initializer = keras.initializers.get(means_initializer)
 
     def build(self, input_shape):
@@ -206,6 +210,7 @@ class GaussianLayer(keras.layers.Layer):
             num_classes=self.num_classes,
             means_initializer=keras.initializers.serialize(self.means_initializer),
             confidence_temperature=self.confidence_temperature,
+            confidence_platt=None if self.confidence_platt is None else list(self.confidence_platt),
         )
         return config
 

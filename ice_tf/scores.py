@@ -109,14 +109,17 @@ def default_score_name(gaussian_head):
     return "ice" if gaussian_head else "msp"
 
 
-def confidence(outputs, gaussian_head, temperature=1.0):
-    """In-distribution confidence in (0, 1]: exp(max h / T) (Gaussian head; T = 1 is the
-    paper's exp(max h), a fitted T calibrates it: `ice_tf.calibration.fit_temperature`) or
-    max softmax.
+def confidence(outputs, gaussian_head, temperature=1.0, platt=None):
+    """In-distribution confidence in (0, 1]: for a Gaussian head exp(max h / T) (T = 1 is
+    the paper's exp(max h), Eq. 0.11; a fitted T calibrates it:
+    `ice_tf.calibration.fit_temperature`) or, with `platt` = (a, b), σ(a · max h + b)
+    (`ice_tf.calibration.fit_platt`); for a linear head max softmax.
 
     Example:
       confidence(outputs, gaussian_head=True)  # exp(max h) in (0, 1]
     """
+    if gaussian_head and platt is not None:
+        return tf.sigmoid(float(platt[0]) * ice(outputs) + float(platt[1]))
     if gaussian_head:
         return tf.exp(ice(outputs) / float(temperature))
     return msp(outputs)

@@ -91,9 +91,10 @@ def _eval_data_key(config):
             config.eval_batch_size, config.seed, config.data_dir)
 
 
-def model_confidences(model, in_ds, ood_ds, label, temperature=1.0):
+def model_confidences(model, in_ds, ood_ds, label, temperature=1.0, platt=None):
     """Confidence in [0, 1] (float64) on the in-distribution set and each OOD set
-    (`temperature`: T of a Gaussian head's exp(max h / T))."""
+    (`temperature`: T of a Gaussian head's exp(max h / T); `platt`: (a, b) of its
+    σ(a max h + b), used instead when given)."""
     datasets = {"in": in_ds, **ood_ds}
     counts = [int(tf.data.experimental.cardinality(ds)) for ds in datasets.values()]
     progbar = keras.utils.Progbar(None if min(counts) < 0 else sum(counts), unit_name="batch")
@@ -101,7 +102,8 @@ def model_confidences(model, in_ds, ood_ds, label, temperature=1.0):
     confidences = {}
     for name, dataset in datasets.items():
         outputs, _ = evaluation.predict_outputs(model, dataset, progbar)
-        values = np.asarray(scores.confidence(outputs, model.gaussian_head, temperature), np.float64)
+        values = np.asarray(scores.confidence(outputs, model.gaussian_head, temperature, platt),
+                            np.float64)
         # float32 softmax/exp may overshoot 1 by an ulp; anything more is a bug.
         if not np.all(np.isfinite(values)) or values.min() < -1e-6 or values.max() > 1 + 1e-6:
             raise ValueError(f"{label}: confidence outside [0, 1] on {name}.")
@@ -269,25 +271,30 @@ def main(argv):
             key = _eval_data_key(config)
             if key not in eval_data:  # runs of one comparison share their evaluation pipelines
                 eval_data[key] = run_data.make_eval_data(config)
-            temperatures = [1.0]
+            maps = [(1.0, None)]  # (T, Platt's (a, b)): the paper's exp(max h) first
             if model.gaussian_head:
-                # The temperature the run saved, or (an older run) one fitted now on validation data.
-                saved = model.head.confidence_temperature
-                fitted = saved if saved != 1.0 else experiment.fit_confidence_temperature(
-                    model, config)["temperature"]
-                temperatures.append(fitted)
-            for temperature in temperatures:
+                # The map the run saved, or (an older run) a temperature fitted now on
+                # validation data.
+                saved_t, saved_platt = model.head.confidence_temperature, model.head.confidence_platt
+                if saved_platt is None and saved_t == 1.0:
+                    saved_t = experiment.fit_confidence_temperature(model, config)["temperature"]
+                maps.append((saved_t, saved_platt))
+            for temperature, platt in maps:
                 confidence_in, confidence_out = model_confidences(model, *eval_data[key], label,
-                                                                  temperature)
+                                                                  temperature, platt)
                 result = calibrate(confidence_in, confidence_out, FLAGS.ood_fraction,
                                    FLAGS.num_bins, FLAGS.mixture_seed)
                 name = CONFIDENCE_NAMES[model.gaussian_head]
                 row = label
-                if temperature != 1.0:  # one row name for every seed's fitted T
+                if platt is not None:  # one row name for every seed's fitted map
+                    row = f"{label}, Platt fitted"
+                    name = "σ(a max h + b), a and b fitted on validation data"
+                elif temperature != 1.0:
                     row = f"{label}, T={temperature:.3g}" if len(seeds) == 1 else f"{label}, T fitted"
                     name = "exp(max h / T), T fitted on validation data"
                 results[row] = {"run": folder, "loss": config.loss, "head": config.head_kind,
                                 "in_dataset": config.in_dataset, "temperature": temperature,
+                                "platt": None if platt is None else list(platt),
                                 "confidence": name, **result}
         results_by_seed.append(results)
     results = over_seeds(results_by_seed)

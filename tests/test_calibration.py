@@ -379,3 +379,58 @@ def test_the_exported_confidence_uses_the_heads_temperature(tmp_path):
     served = export.serving_outputs(model, tf.constant(images))
     expected = np.exp(np.max(model.predict(images, verbose=0), axis=-1) / 4.0)
     np.testing.assert_allclose(served["confidence"].numpy(), expected, rtol=1e-5)
+
+
+# --------------------------------------------------- Platt's σ(a max h + b)
+def test_fit_platt_equals_a_balanced_logistic_regression():
+    """float64 reference: sklearn's unpenalised logistic regression of is_in on max h with
+    balanced class weights minimises the same balanced log loss."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    max_h_in = -rng.gamma(2.0, 1.5, 400)
+    max_h_out = -rng.gamma(3.0, 6.0, 300)
+    slope, offset = calibration.fit_platt(max_h_in, max_h_out)
+    x = np.concatenate([max_h_in, max_h_out])[:, None]
+    y = np.r_[np.ones(400), np.zeros(300)]
+    reference = LogisticRegression(C=np.inf, class_weight="balanced", tol=1e-12,
+                                   max_iter=10_000).fit(x, y)
+    assert slope == pytest.approx(reference.coef_[0, 0], rel=1e-4)
+    assert offset == pytest.approx(reference.intercept_[0], rel=1e-4, abs=1e-4)
+    confidence = calibration.platt_confidence(max_h_in, slope, offset)
+    np.testing.assert_allclose(confidence, 1 / (1 + np.exp(-(slope * max_h_in + offset))),
+                               rtol=1e-12)
+    # Monotone: the order, so AUROC, is that of max h.
+    np.testing.assert_array_equal(np.argsort(confidence, kind="stable"),
+                                  np.argsort(max_h_in, kind="stable"))
+
+
+def test_fit_platt_edges_stay_finite():
+    slope, offset = calibration.fit_platt(np.zeros(5), np.zeros(5))  # nothing to tell apart
+    assert np.isfinite(slope) and slope > 0 and np.isfinite(offset)
+    slope, offset = calibration.fit_platt(np.array([-1e-9]), np.array([-1e6]))  # separable
+    assert np.isfinite(slope) and np.isfinite(offset)
+    confidence = calibration.platt_confidence(np.array([-1e-9, -1e6, -1e30]), slope, offset)
+    assert np.all(np.isfinite(confidence)) and confidence[0] > 0.5 > confidence[1]
+    with pytest.raises(ValueError, match="finite"):
+        calibration.fit_platt(np.array([np.inf]), np.array([-1.0]))
+    with pytest.raises(ValueError, match="> 0"):
+        calibration.platt_confidence(np.array([-1.0]), 0.0, 1.0)
+
+
+def test_the_exported_confidence_uses_the_heads_platt_map(tmp_path):
+    import keras
+    import tensorflow as tf
+    from ice_tf import export, layers, models
+
+    model = models.OODModel(tiny_backbone(), layers.make_head("gaussian", 3))
+    model.head.confidence_platt = (0.7, 1.5)
+    model.head.confidence_temperature = 4.0  # not used: the Platt map is
+    model.save(tmp_path / "m.keras")
+    model = keras.models.load_model(tmp_path / "m.keras")
+    assert model.head.confidence_platt == (0.7, 1.5)
+    images = np.random.default_rng(0).normal(size=(5, 6, 6, 1)).astype("float32")
+    served = export.serving_outputs(model, tf.constant(images))
+    max_h = np.max(model.predict(images, verbose=0), axis=-1).astype(np.float64)
+    np.testing.assert_allclose(served["confidence"].numpy(),
+                               calibration.platt_confidence(max_h, 0.7, 1.5), rtol=1e-5)

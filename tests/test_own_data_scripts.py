@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ice_tf import data, experiment
+from ice_tf import data, experiment, models
 from ice_tf.experiment import run_folder
 from ice_tf.cli import experiment_flags
 from ice_tf.experiment.config import ExperimentConfig
@@ -166,15 +166,16 @@ def test_own_folder_and_classifier_train_and_explain_the_run_folder(tmp_path, im
     results = experiment.run(config, verbose=0, files={
         run_folder.FLAGS_FILE: experiment_flags.to_flagfile(config)})
     assert np.isfinite(results["mean"]["auroc"]["mean"])
-    fitted = results["confidence_temperature"]
-    assert fitted["temperature"] > 0 and fitted["in"].endswith("@val (36)")
+    fitted = results["confidence_map"]
+    assert fitted["map"] == "platt" and fitted["slope"] > 0 and fitted["in"].endswith("@val (36)")
     assert fitted["out"].startswith("embedded_outliers@val")
     described = json.loads((out / run_folder.DATASET_FILE).read_text())
     assert described["class_names"] == sorted(CLASSES)
     assert described["image_shape"] == [28, 28, 1]  # the data's own; the model takes 32x32x3
     model = keras.models.load_model(out / run_folder.MODEL_FILE, compile=False)
     assert model.image_shape == (32, 32, 3)
-    assert model.head.confidence_temperature == pytest.approx(fitted["temperature"], rel=1e-5)
+    assert model.head.confidence_platt == pytest.approx((fitted["slope"], fitted["offset"]), rel=1e-5)
+    assert results["head_refit"]["ridge"] == models.REFIT_RIDGE
     assert model.normalization[0][0] == pytest.approx(described["normalization"]["mean"][0])
     # The fine-tune started from the classifier's weights: its first kernel moved, a little.
     start = classifier.layers[0].kernel.numpy()

@@ -88,9 +88,13 @@ HELP = {
     "eval_batch_size": "Batch size for evaluation.",
     "eval_limit": "Evaluate on at most this many images per set.",
     "eval_split": "In-distribution evaluation split (val when choosing hyperparameters).",
-    "calibrate_confidence": "Gaussian head: fit the temperature T of the served confidence "
-                            "exp(max h / T) on validation images and validation outliers, "
-                            "saved with the model (scores and AUROC do not change).",
+    "calibrate_confidence": "Gaussian head: fit the served confidence's map (--confidence_map) "
+                            "on validation images and validation outliers, saved with the "
+                            "model (scores and AUROC do not change).",
+    "confidence_map": "Gaussian head: the served P(in-distribution), platt (σ(a max h + b)) or "
+                      "temperature (exp(max h / T)).",
+    "refit_head": "Gaussian head: after training, refit its means and L to the training "
+                  "images' features in inference mode (GDA; docs/head_study.md).",
     "analyses": "Training-time analyses recorded each epoch under <output_dir>/analysis/: "
                 "gradient_meter, shift, confidence (comma separated; docs/analyses.md).",
     "analysis_probe_size": "Images per probe set of the analyses.",
@@ -111,7 +115,7 @@ GROUPS = {
                  "momentum", "weight_decay", "batch_in", "batch_out", "augment", "seed",
                  "deterministic", "checkpoint_steps", "strategy", "precision", "mixed_precision"),
     "evaluation": ("protocol", "eval_draws", "eval_batch_size", "eval_limit", "eval_split",
-                   "calibrate_confidence", "analyses", "analysis_probe_size"),
+                   "calibrate_confidence", "confidence_map", "refit_head", "analyses", "analysis_probe_size"),
     "output": ("output_dir", "export", "dry_run", "overwrite"),
 }
 

@@ -25,6 +25,9 @@ from ice_tf.analysis import ANALYSES  # the training-time analyses a run may rec
 # refused by `validate`, never ignored.
 SCHEDULES = ("scratch", "finetune")
 PROTOCOLS = ("oe", "full")
+# The served confidence of a Gaussian head (`ice_tf.calibration`): Platt's σ(a max h + b)
+# or exp(max h / T); Platt had the lower validation ECE (docs/head_study.md).
+CONFIDENCE_MAPS = ("platt", "temperature")
 HEAD_CHOICES = ("auto", "linear", "gaussian", "vos")  # ice_tf.layers.HEADS and "auto"
 # How a Gaussian head starts a scratch run: "random", N(0, 0.05²) means (Keras' random_normal)
 # and L = I; "class_means", the class means of the first batches' features and L = I;
@@ -121,7 +124,9 @@ class ExperimentConfig:
     eval_batch_size: int = 500
     eval_limit: Optional[int] = None
     eval_split: str = "test"  # "val" when choosing hyperparameters
-    calibrate_confidence: bool = True  # fit T of exp(max h / T) on validation data
+    calibrate_confidence: bool = True  # fit the confidence map on validation data
+    confidence_map: str = "platt"  # CONFIDENCE_MAPS: σ(a max h + b), or exp(max h / T)
+    refit_head: bool = True  # Gaussian head: refit to the served features after training
     # Training-time analyses (ice_tf.analysis.probes; docs/analyses.md).
     analyses: tuple = ()  # of ANALYSES: gradient_meter, shift, confidence
     analysis_probe_size: int = 256  # images per probe set
@@ -313,6 +318,7 @@ class ExperimentConfig:
                              f"{self.head_weight_decay}.")
         choose("schedule", self.schedule, SCHEDULES)
         choose("protocol", self.protocol, PROTOCOLS)
+        choose("confidence_map", self.confidence_map, CONFIDENCE_MAPS)
         choose("strategy", self.strategy, distribute.STRATEGIES)
         choose("precision", self.precision, precision.PRECISIONS)
         choose("score", self.score_name, scores.names())
@@ -496,10 +502,13 @@ def upgrade_dict(values, stored=False):
     legacy_options = {field: values.pop(field) for field in _LEGACY_METHOD_FIELDS if field in values}
     if any(value is not None for value in legacy_options.values()):
         values["method_options"] = {**legacy_options, **dict(values.get("method_options") or {})}
+    if stored:  # a run of an older version served its head as trained, with T
+        values.setdefault("refit_head", False)
+        values.setdefault("confidence_map", "temperature")
     legacy = values.pop("mixed_precision", None)
     if "precision" not in values and (stored or legacy is not None):
         values["precision"] = "mixed_float16" if legacy else "float32"
     return values
 
 
-__all__ = ["ExperimentConfig", "upgrade_dict", "import_modules", "OODSetSpec", "SCHEDULES", "PROTOCOLS", "ANALYSES"]
+__all__ = ["ExperimentConfig", "upgrade_dict", "CONFIDENCE_MAPS", "import_modules", "OODSetSpec", "SCHEDULES", "PROTOCOLS", "ANALYSES"]

@@ -28,7 +28,7 @@ from ice_tf.experiment import run_folder as folder_lib
 from ice_tf.experiment.checkpoint import JsonLinesLogger  # noqa: F401  (its home; kept here for callers)
 from ice_tf.experiment.config import ExperimentConfig
 from ice_tf.experiment.run_data import (check_sources, image_shape_of, load_images, make_eval_data,
-                                        make_train_data, mock_sources)
+                                        make_train_data, mock_sources, statistics_data)
 from ice_tf.models import FINETUNE_RIDGE, fit_gaussian_head  # noqa: F401  (their home: models)
 
 RESULTS_FILE = folder_lib.RESULTS_FILE
@@ -366,23 +366,26 @@ def plan_runs(configs, overwrite=False):
 TEMPERATURE_FIT_LIMIT = 2000  # images per side of the temperature fit
 
 
-def fit_confidence_temperature(model, config, limit=TEMPERATURE_FIT_LIMIT):
-    """Fits T of the Gaussian head's served confidence exp(max h / T) as P(in-distribution)
-    (`ice_tf.calibration.fit_temperature`) and sets `model.head.confidence_temperature`.
+def fit_confidence_map(model, config, limit=TEMPERATURE_FIT_LIMIT, kind=None):
+    """Fits the map of the Gaussian head's served confidence as P(in-distribution) and sets
+    it on the head: `kind` (default `config.confidence_map`) "platt", σ(a · max h + b)
+    (`ice_tf.calibration.fit_platt`, `head.confidence_platt`), or "temperature",
+    exp(max h / T) (`ice_tf.calibration.fit_temperature`, `head.confidence_temperature`).
 
     Fitted on the in-distribution validation split and the outlier source's validation
     split, where the sets have them (else a seeded sample of their training split: the
     record says which), at most `limit` images each; never on a test set. Returns a
-    record {temperature, in, out} for results.json, or None for a linear head or a run
-    without outliers.
+    record {map, temperature or slope and offset, in, out} for results.json, or None for
+    a linear head or a run without outliers.
 
     Example:
-      record = fit_confidence_temperature(model, config)  # {"temperature": 3.1, ...}
+      record = fit_confidence_map(model, config)  # {"map": "platt", "slope": 0.4, ...}
     """
     from ice_tf import calibration, scores
 
     if not model.gaussian_head or not config.outlier_dataset:
         return None
+    kind = kind or config.confidence_map
 
     def max_h(name, path=None):
         split = "val" if "val" in data.get_info(name).splits else "train"
@@ -392,9 +395,46 @@ def fit_confidence_temperature(model, config, limit=TEMPERATURE_FIT_LIMIT):
 
     max_h_in, described_in = max_h(config.in_dataset)
     max_h_out, described_out = max_h(config.outlier_dataset, config.outlier_path)
-    temperature = calibration.fit_temperature(max_h_in, max_h_out)
-    model.head.confidence_temperature = temperature
-    return {"temperature": round(temperature, 6), "in": described_in, "out": described_out}
+    record = {"map": kind}
+    if kind == "platt":
+        slope, offset = calibration.fit_platt(max_h_in, max_h_out)
+        model.head.confidence_platt = (slope, offset)
+        record.update(slope=round(slope, 8), offset=round(offset, 8))
+    else:
+        temperature = calibration.fit_temperature(max_h_in, max_h_out)
+        model.head.confidence_temperature = temperature
+        model.head.confidence_platt = None
+        record["temperature"] = round(temperature, 6)
+    record.update({"in": described_in, "out": described_out})
+    return record
+
+
+def fit_confidence_temperature(model, config, limit=TEMPERATURE_FIT_LIMIT):
+    """`fit_confidence_map` with the temperature map, exp(max h / T).
+
+    Example:
+      record = fit_confidence_temperature(model, config)  # {"temperature": 3.1, ...}
+    """
+    return fit_confidence_map(model, config, limit, kind="temperature")
+
+
+def refit_head(model, config, verbose=1):
+    """`config.refit_head` for a Gaussian head: its means and L refitted to the training
+    images' inference-mode features (`ice_tf.models.refit_gaussian_head`). Returns a record
+    for results.json, or None when nothing was refitted.
+
+    Example:
+      refit_head(model, config)  # {"ridge": 0.1, "images": 13000}
+    """
+    if not (config.refit_head and model.gaussian_head):
+        return None
+    from ice_tf.models import REFIT_RIDGE, refit_gaussian_head
+
+    if verbose:
+        print("Refitting the Gaussian head to the training features (refit_head)")
+    dataset = statistics_data(config)  # as the evaluation's data, unaugmented
+    refit_gaussian_head(model, dataset, verbose=verbose)
+    return {"ridge": REFIT_RIDGE, "scale": round(float(model.head.scale_factor), 6)}
 
 
 def _train_as_worker(config, strategy, overwrite, callbacks):
@@ -429,7 +469,8 @@ def _single_device_copy(model):
 
 
 def _evaluate_and_export(config, model, out, verbose):
-    calibrated = fit_confidence_temperature(model, config) if config.calibrate_confidence else None
+    refitted = refit_head(model, config, verbose)
+    calibrated = fit_confidence_map(model, config) if config.calibrate_confidence else None
     save_model(model, folder_lib.path(out, folder_lib.MODEL_FILE))
     in_ds, ood_ds = make_eval_data(config)
     if verbose:
@@ -445,8 +486,10 @@ def _evaluate_and_export(config, model, out, verbose):
             model, folder_lib.path(out, folder_lib.SAVED_MODEL_DIR), score=config.score_name,
             overwrite=True,
         )
+    if refitted:
+        results["head_refit"] = refitted
     if calibrated:
-        results["confidence_temperature"] = calibrated
+        results["confidence_map"] = calibrated
     results["method"] = config.loss
     results["head"] = config.head_kind
     results["epochs"] = config.epochs
@@ -462,5 +505,5 @@ def _total_train_seconds(out, this_process_seconds):
 __all__ = [
     "run", "dry_run", "plan_runs", "check_before_training", "enable_determinism", "write_atomic", "JsonLinesLogger", "build_optimizer", "build_model",
     "initialize_from_checkpoint", "fit_gaussian_head", "FINETUNE_RIDGE", "load_run",
-    "fit_confidence_temperature",
+    "fit_confidence_temperature", "fit_confidence_map", "refit_head",
 ]

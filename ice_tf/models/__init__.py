@@ -18,12 +18,13 @@ from ice_tf import distribute  # noqa: F401  (models.distribute, as before the s
 from ice_tf.models.checks import DIVERGENCE_REMEDY, NONFINITE_LOG, unpack_batch
 from ice_tf.models.convert import (ClassifierFeatures, classifier_parts, is_model_file,
                                    load_model_file, model_file_input_shape, read_model)
-from ice_tf.models.head_fit import FINETUNE_RIDGE, fit_gaussian_head, moving_statistics_kept
+from ice_tf.models.head_fit import (FINETUNE_RIDGE, REFIT_RIDGE, fit_gaussian_head,
+                                    moving_statistics_kept, refit_gaussian_head)
 from ice_tf.models.ood_model import (OUTLIER_BATCHNORM, OODModel, build_from_file, build_model,
                                      default_outlier_batchnorm)
 
 __all__ = ["OODModel", "OUTLIER_BATCHNORM", "default_outlier_batchnorm", "moving_statistics_kept",
            "build_model", "build_from_file", "is_model_file", "load_model_file", "read_model",
            "model_file_input_shape", "classifier_parts", "ClassifierFeatures",
-           "fit_gaussian_head", "FINETUNE_RIDGE", "unpack_batch", "DIVERGENCE_REMEDY",
+           "fit_gaussian_head", "FINETUNE_RIDGE", "refit_gaussian_head", "REFIT_RIDGE", "unpack_batch", "DIVERGENCE_REMEDY",
            "NONFINITE_LOG"]

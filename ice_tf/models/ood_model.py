@@ -35,7 +35,7 @@ from ice_tf.models.checks import (NONFINITE_LOG, _check_dataset_batches, _check_
                                   _DivergenceGuard, _label_errors_as_value_errors, _nonfinite_code,
                                   _TrackerTable, unpack_batch)
 from ice_tf.models.convert import classifier_parts, load_model_file, model_file_input_shape
-from ice_tf.models.head_fit import FINETUNE_RIDGE, fit_gaussian_head
+from ice_tf.models.head_fit import FINETUNE_RIDGE, fit_gaussian_head, refit_gaussian_head
 
 
 @keras.saving.register_keras_serializable(package="ice_tf")
@@ -405,7 +405,8 @@ class OODModel(keras.Model):
     @classmethod
     def from_classifier(cls, classifier, train_data=None, *, outliers=None, head="gaussian",
                         feature_layer=None, input_shape=None, normalization=None, batch_size=128,
-                        ratio=2, ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1):
+                        ratio=2, ridge=FINETUNE_RIDGE, fit_batches=None, seed=0, verbose=1,
+                        fit="training"):
         """Turns a trained Keras classifier into an `OODModel`, weights kept.
 
         The classifier (Sequential, functional or subclassed, ending in a Dense layer with
@@ -431,6 +432,10 @@ class OODModel(keras.Model):
           batch_size, ratio: in-distribution batch size and outliers per in-distribution
             image of the fit's batches (the paper's 128 and 2).
           fit_batches: batches used for the fit (None: one pass over train_data).
+          fit: "training" (the start of fine-tuning: `fit_gaussian_head`, as above) or
+            "inference" (a model served without fine-tuning: `refit_gaussian_head`, the
+            inference-mode features of train_data, the fit runs apply after training;
+            `ridge`, `outliers` and `ratio` do not apply).
 
         Example:
           model = OODModel.from_classifier(classifier, (x_train, y_train), outliers=x_out)
@@ -441,6 +446,8 @@ class OODModel(keras.Model):
 
         if head not in ("gaussian", "linear"):
             raise ValueError(f"head={head!r}: use 'gaussian' or 'linear'.")
+        if fit not in ("training", "inference"):
+            raise ValueError(f"fit={fit!r}: use 'training' (to fine-tune) or 'inference' (to serve).")
         backbone, dense = classifier_parts(classifier, feature_layer)
         if input_shape is None:
             try:
@@ -473,6 +480,12 @@ class OODModel(keras.Model):
         model = cls(backbone, layers_lib.make_head("gaussian", num_classes),
                     input_shape=input_shape, normalization=normalization,
                     name=f"{classifier.name}_ood")
+        if fit == "inference":
+            batches = data.batched(train_data, batch_size, seed=seed)
+            if fit_batches is not None:
+                batches = batches.take(fit_batches)
+            refit_gaussian_head(model, batches, verbose=verbose)
+            return model
         batches = (data.with_outliers(train_data, outliers, batch_size=batch_size, ratio=ratio,
                                       seed=seed)
                    if outliers is not None else data.batched(train_data, batch_size, seed=seed))

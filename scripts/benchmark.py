@@ -18,11 +18,15 @@ Nesterov), `weight_decay=5e-4`, as in training.
 With `--against=torch` the run also times the Outlier Exposure reference step,
 written as in hendrycks/outlier-exposure (`scripts/torch_reference.py`: the
 reference WRN, one forward pass over the concatenated batch, its OE loss, SGD
-with a per-batch cosine schedule), in float32, in the reference's NCHW layout
-and in channels-last; in epoch mode through a PyTorch `DataLoader` with the
+with a per-batch cosine schedule), in the reference's NCHW layout and in
+channels-last, each in float32 and under PyTorch's bfloat16 autocast
+(`--torch_precisions`), and with `--torch_compile` each also through
+`torch.compile`; in epoch mode through a PyTorch `DataLoader` with the
 reference's augmentation. PyTorch is installed by the script into its own
 environment (`--torch_env`, created when missing; never a dependency of ice-tf)
-and runs in a worker process, interleaved with ice-tf's steps.
+and runs in a worker process, interleaved with ice-tf's steps. Every row is
+compared with the **fastest PyTorch row of the same precision** (ice-tf's float32
+with PyTorch's float32, mixed_bfloat16 with the bfloat16 autocast) of the same run.
 
 What each row measures:
   * `oe`, `energy`, `bce`, `ice`, `ice_minus`, and the torch rows: one step on
@@ -33,17 +37,23 @@ What each row measures:
 
 Columns: median seconds per step (or epoch), min-max, images per second, the
 median time divided by that of `ce` and of `oe` of the same precision and XLA
-setting, the median of the per-round ratios to that `oe`, and the speed-up over
-the reference PyTorch step (its median time divided by the row's).
+setting, the median of the per-round ratios to that `oe`, the speed-up over the
+fastest PyTorch row of the same precision (its median time divided by the row's;
+above 1: ice-tf is faster), and the median peak resident memory of the process
+during the row's steps (scripts/peak_memory.py; the process holds every row's model,
+so compare the rows of one side with each other, the two sides roughly).
 
 Timing: every row first runs `--warmup` untimed steps (the first one traces the
 step function). Then `--steps` rounds time one step (epoch) of every row,
 round-robin, reversing the order every round, so that load from other processes
-hits all rows alike. Ratios are comparable only within one run.
+hits all rows alike. Ratios are comparable only within one run. A busy machine
+slows TensorFlow's multi-threaded step more than PyTorch's: the script prints the
+load average before and after the run (/proc/loadavg) and warns when it starts above
+the usable cores' count plus one; run it on a quiet machine.
 
 Run:
   python scripts/benchmark.py                       # WRN-40-2, 32x32x3, 128 + 256, default precision
-  python scripts/benchmark.py --methods=oe,ice --precisions=float32,auto --against=torch
+  python scripts/benchmark.py --methods=oe,ice --precisions=float32,mixed_bfloat16 --against=torch
   python scripts/benchmark.py --mode=epoch --backbone=small_cnn --methods=oe --against=torch
   python scripts/benchmark.py --backbone=small_cnn --steps=1 --warmup=1   # quick check
 """
@@ -73,6 +83,11 @@ FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_WORKER = os.path.join(REPO, "scripts", "torch_reference.py")
 TORCH_LAYOUTS = ("nchw", "channels_last")  # the first is the reference code's
+# ice-tf's precision policy -> the PyTorch precision of the same arithmetic.
+SAME_PRECISION = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peak_memory import PeakMemory  # noqa: E402  (shared with torch_reference.py)
 
 # Head used by each method, by the rule the experiments use (Gaussian for ICE and ICE⁻).
 HEAD_FOR = {name: losses.spec(name).default_head for name in losses.names()}
@@ -111,6 +126,10 @@ flags.DEFINE_string("torch_env", os.path.join(REPO, ".venv-torch"),
                     "Virtual environment with PyTorch; created and filled when missing.")
 flags.DEFINE_string("torch_pip_args", "torch numpy",
                     "What pip installs into a new --torch_env (e.g. add --index-url for CPU wheels).")
+flags.DEFINE_list("torch_precisions", ["float32", "bfloat16"],
+                  "PyTorch precisions: float32, bfloat16 (torch.autocast on the CPU).")
+flags.DEFINE_bool("torch_compile", False, "Also time each PyTorch configuration through "
+                  "torch.compile (the first step compiles; minutes).")
 flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: its default).", lower_bound=0)
 flags.DEFINE_integer("torch_workers", 2, "DataLoader worker processes (epoch mode).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Random seed for weights and data.")
@@ -213,6 +232,20 @@ class _Row:
     def __init__(self, method, head, precision, xla, images):
         self.method, self.head, self.precision, self.xla = method, head, precision, xla
         self.images, self.times, self.last_logs = images, [], None
+        self.peak_mb = []
+
+    @property
+    def arithmetic(self):
+        """The precision compared across frameworks: float32, bfloat16 or float16."""
+        return SAME_PRECISION.get(self.precision, self.precision)
+
+    def timed_step(self):
+        """One step, its seconds and the process's peak memory during it."""
+        with PeakMemory() as memory:
+            seconds = self.step()
+        self.times.append(seconds)
+        if memory.peak_mb is not None:
+            self.peak_mb.append(memory.peak_mb)
 
     @property
     def label(self):
@@ -305,10 +338,13 @@ class TorchWorker:
                    f"--batch_in={config['batch_in']}", f"--batch_out={config['batch_out']}",
                    f"--image_size={config['image_size']}", f"--channels={config['channels']}",
                    f"--num_classes={config['num_classes']}", f"--layouts={','.join(TORCH_LAYOUTS)}",
+                   f"--precisions={','.join(config.get('torch_precisions', ['float32']))}",
                    f"--threads={config['torch_threads']}", f"--workers={config['torch_workers']}",
                    f"--seed={config['seed']}"]
         if data_path:
             command.append(f"--data={data_path}")
+        if config.get("torch_compile"):
+            command.append("--compile")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
         self.info = self._read()
@@ -333,24 +369,41 @@ class TorchWorker:
 
 
 class _TorchRow(_Row):
+    """One PyTorch configuration of the worker: key "layout/precision[/compiled]"."""
+
     framework = "torch"
 
-    def __init__(self, worker, layout, config, images):
-        super().__init__("oe", "linear", "float32", "off", images)
-        self.worker, self.layout, self.epoch = worker, layout, config["mode"] == "epoch"
+    def __init__(self, worker, key, config, images):
+        layout, precision, *compiled = key.split("/")
+        super().__init__("oe", "linear", precision, "off", images)
+        self.worker, self.key, self.layout = worker, key, layout
+        self.compiled = bool(compiled)
+        self.epoch = config["mode"] == "epoch"
+        self.reported_peak_mb = None
 
     @property
     def label(self):
-        return f"torch oe ({'NCHW, reference' if self.layout == 'nchw' else 'channels-last'})"
+        layout = "NCHW" if self.layout == "nchw" else "channels-last"
+        if self.layout == "nchw" and self.precision == "float32" and not self.compiled:
+            layout += ", reference"
+        autocast = ", bf16 autocast" if self.precision == "bfloat16" else ""
+        return f"torch oe ({layout}{autocast}{', compiled' if self.compiled else ''})"
 
     def warm_up(self, steps):
-        for _ in range(steps if not self.epoch else 0):
+        # A compiled configuration compiles in its first step, outside the timing.
+        for _ in range(max(steps, 1 if self.compiled else 0) if not self.epoch else 0):
             self.step()
 
     def step(self):
-        reply = self.worker.request(**{"epoch" if self.epoch else "step": self.layout})
+        reply = self.worker.request(**{"epoch" if self.epoch else "step": self.key})
         self.last_logs = {"loss": reply["loss"]}
+        self.reported_peak_mb = reply.get("peak_rss_mb")
         return reply["seconds"]
+
+    def timed_step(self):
+        self.times.append(self.step())  # the worker measures its own process's memory
+        if self.reported_peak_mb is not None:
+            self.peak_mb.append(self.reported_peak_mb)
 
 
 def write_epoch_data(path):
@@ -399,7 +452,7 @@ def run_benchmark(config, log=print, torch_python=None):
             write_epoch_data(data_path)
         worker = TorchWorker(torch_python, config, data_path, log=log)
         images = rows[0].images if config["mode"] == "epoch" else config["batch_in"] + config["batch_out"]
-        rows += [_TorchRow(worker, layout, config, images) for layout in TORCH_LAYOUTS]
+        rows += [_TorchRow(worker, key, config, images) for key in worker.info["configurations"]]
     try:
         for row in rows:
             start = time.perf_counter()
@@ -410,7 +463,7 @@ def run_benchmark(config, log=print, torch_python=None):
         order = list(rows)
         for round_index in range(config["steps"]):
             for row in order:
-                row.times.append(row.step())
+                row.timed_step()
             log(f"round {round_index + 1}/{config['steps']}: "
                 + ", ".join(f"{r.label} {r.precision} {r.times[-1]:.3f}s" for r in rows))
             order.reverse()
@@ -422,17 +475,30 @@ def run_benchmark(config, log=print, torch_python=None):
     return summarize(rows, torch_info=worker.info if worker else None)
 
 
+def fastest_torch_rows(rows):
+    """{arithmetic precision: the PyTorch row with the lowest median time}."""
+    fastest = {}
+    for row in rows:
+        if row.framework != "torch":
+            continue
+        best = fastest.get(row.arithmetic)
+        if best is None or statistics.median(row.times) < statistics.median(best.times):
+            fastest[row.arithmetic] = row
+    return fastest
+
+
 def summarize(rows, torch_info=None):
     """Per-row result dicts: medians, ratios to ce/oe of the same setting, speed-up over
-    the reference PyTorch step."""
+    the fastest PyTorch row of the same precision, peak memory."""
     def same_setting(row, method):
         return next((r for r in rows if r.framework == row.framework and r.method == method
                      and r.precision == row.precision and r.xla == row.xla), None)
 
-    reference = next((r for r in rows if isinstance(r, _TorchRow) and r.layout == "nchw"), None)
+    fastest = fastest_torch_rows(rows)
     results = []
     for row in rows:
         median = statistics.median(row.times)
+        reference = fastest.get(row.arithmetic)
         result = {
             "method": row.label, "framework": row.framework, "head": row.head,
             "precision": row.precision, "xla": row.xla, "images_per_step": row.images,
@@ -441,6 +507,8 @@ def summarize(rows, torch_info=None):
             "jit_compile": row.xla == "on", "last_logs": row.last_logs,
             "speedup_vs_torch": (statistics.median(reference.times) / median
                                  if reference else None),
+            "fastest_torch": reference.label if reference else None,
+            "peak_rss_mb": statistics.median(row.peak_mb) if row.peak_mb else None,
         }
         for name in ("ce", "oe"):
             other = same_setting(row, name) if row.framework == "ice-tf" else None
@@ -480,25 +548,40 @@ def format_report(results, machine, config):
         f"{unit}s per row, interleaved; op determinism: {'on' if config.get('deterministic') else 'off'}",
         "",
         f"| method | head | precision | XLA | images/{unit} | median s/{unit} | min–max s | images/s "
-        "| × ce | × oe | × oe (paired) | speed-up vs torch |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| × ce | × oe | × oe (paired) | × fastest torch, same precision | peak RSS MB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        peak = "–" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"
         lines.append(
             f"| {r['method']} | {r['head']} | {r['precision']} | {r['xla']} | {r['images_per_step']} | "
             f"{r['median_s']:.4f} | {r['min_s']:.4f}–{r['max_s']:.4f} | {r['images_per_s']:.1f} | "
             f"{_ratio(r['ratio_to_ce'])} | {_ratio(r['ratio_to_oe'])} | "
-            f"{_ratio(r['paired_ratio_to_oe'])} | {_ratio(r['speedup_vs_torch'])} |"
+            f"{_ratio(r['paired_ratio_to_oe'])} | {_ratio(r['speedup_vs_torch'])} | {peak} |"
         )
     if (config["mode"] == "step" and "ce" in config["methods"] and not config["ce_uses_outliers"]):
         lines += ["", f"Note: ce processes only {config['batch_in']} images per step (no outliers); "
                       f"the other methods process {config['batch_in'] + config['batch_out']}. "
                       "Compare ce by images/s."]
     lines += ["", "× ce / × oe: ratio of median times to the row of that method with the same "
-                  "precision and XLA; × oe (paired): median of per-round ratios; speed-up vs torch: "
-                  "the reference PyTorch step's (NCHW, float32) median time over the row's. Ratios "
-                  "are comparable only within one run."]
+                  "precision and XLA; × oe (paired): median of per-round ratios; × fastest torch: "
+                  "the median time of the fastest PyTorch row of the same precision (float32 with "
+                  "float32, mixed_bfloat16 with the bfloat16 autocast) over the row's, above 1 when "
+                  "the row is faster; peak RSS: the median over the timed steps of the process's "
+                  "peak resident memory during the step. Ratios are comparable only within one run."]
+    if config.get("load"):
+        before, after = config["load"]
+        lines.append(f"Load average (1 min) before the run {before:.2f}, after {after:.2f}.")
     return "\n".join(lines)
+
+
+def load_average():
+    """The 1-minute load average (None off Linux)."""
+    try:
+        with open("/proc/loadavg") as stream:
+            return float(stream.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _config_from_flags():
@@ -518,6 +601,8 @@ def _config_from_flags():
         "ce_uses_outliers": FLAGS.ce_uses_outliers,
         "deterministic": FLAGS.deterministic,
         "torch_threads": FLAGS.torch_threads,
+        "torch_precisions": list(FLAGS.torch_precisions),
+        "torch_compile": FLAGS.torch_compile,
         "torch_workers": FLAGS.torch_workers,
         "seed": FLAGS.seed,
     }
@@ -552,7 +637,14 @@ def main(argv):
     torch_python = (ensure_torch_env(FLAGS.torch_env, FLAGS.torch_pip_args, log)
                     if FLAGS.against == "torch" else None)
     machine = machine_info()
+    before = load_average()
+    if before is not None and before > machine["usable_cores"] + 1:
+        log(f"warning: the load average is {before:.1f} on {machine['usable_cores']} cores: "
+            "other processes will slow TensorFlow's step more than PyTorch's.")
     results = run_benchmark(config, log=log, torch_python=torch_python)
+    after = load_average()
+    if before is not None and after is not None:
+        config["load"] = (before, after)
     print(format_report(results, machine, config), flush=True)
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:

@@ -11,22 +11,31 @@ concatenated into one forward pass, CE on the first part plus
 momentum 0.9 and weight decay 5e-4, a cosine learning rate stepped per batch.
 `small_cnn` mirrors `ice_tf.backbones.small_cnn` for the whole-epoch comparison.
 
+Every configuration is a layout ("nchw", the reference code's memory format, or
+"channels_last"), a precision ("float32", or "bfloat16": the forward pass and loss under
+`torch.autocast("cpu", dtype=torch.bfloat16)`, PyTorch's CPU recipe for bfloat16, weights
+and optimizer in float32) and, with --compile, the network wrapped in `torch.compile`. Its
+key is "layout/precision" or "layout/precision/compiled".
+
 Protocol: JSON lines. After building the models it prints
-{"ready": true, "torch": version, "threads": n}; then, for each line read:
-  {"step": layout}   -> one training step on fixed random batches:
-                        {"seconds": s, "loss": l}
-  {"epoch": layout}  -> one epoch over --data with a DataLoader:
-                        {"seconds": s, "steps": n, "loss": l}
-  {"quit": true}     -> exits.
-layout is "nchw" (the reference code's memory format) or "channels_last".
+{"ready": true, "torch": version, "threads": n, "configurations": [keys]}; then, for each
+line read:
+  {"step": key}   -> one training step on fixed random batches:
+                     {"seconds": s, "loss": l, "peak_rss_mb": m}
+  {"epoch": key}  -> one epoch over --data with a DataLoader:
+                     {"seconds": s, "steps": n, "loss": l, "peak_rss_mb": m}
+  {"quit": true}  -> exits.
+peak_rss_mb is the process's peak resident memory during the step (scripts/peak_memory.py).
 
 Run by the benchmark, e.g.:
-  .venv-torch/bin/python scripts/torch_reference.py --backbone=wrn40_2 --layouts=nchw,channels_last
+  .venv-torch/bin/python scripts/torch_reference.py --backbone=wrn40_2 \
+      --layouts=nchw,channels_last --precisions=float32,bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -34,6 +43,8 @@ import time
 
 import numpy as np
 import torch
+
+from peak_memory import PeakMemory  # beside this script (its folder is on sys.path)
 import torch.nn.functional as F
 from torch import nn
 
@@ -133,10 +144,10 @@ def oe_loss(logits, targets, batch_in):
 
 
 class Trainer:
-    """One network, optimizer and cosine schedule, in one memory layout."""
+    """One network, optimizer and cosine schedule, in one memory layout and precision."""
 
-    def __init__(self, args, layout, total_steps):
-        self.layout = layout
+    def __init__(self, args, layout, precision, compiled, total_steps):
+        self.layout, self.precision = layout, precision
         self.format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         self.net = build(args.backbone, args.num_classes, args.channels).to(memory_format=self.format)
         self.net.train()
@@ -144,10 +155,17 @@ class Trainer:
                                          weight_decay=5e-4, nesterov=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.5 * (1 + math.cos(step / total_steps * math.pi)))
+        self.forward = torch.compile(self.net) if compiled else self.net
+
+    def autocast(self):
+        if self.precision == "bfloat16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def step(self, images, targets, batch_in):
         x = images.contiguous(memory_format=self.format)
-        loss = oe_loss(self.net(x), targets, batch_in)
+        with self.autocast():
+            loss = oe_loss(self.forward(x), targets, batch_in)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -201,6 +219,10 @@ def main():
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--num_classes", type=int, default=10)
     parser.add_argument("--layouts", default="nchw,channels_last")
+    parser.add_argument("--precisions", default="float32",
+                        help="float32 and/or bfloat16 (autocast)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also each configuration with torch.compile")
     parser.add_argument("--threads", type=int, default=0, help="0: PyTorch's default")
     parser.add_argument("--data", default=None, help="npz for the epoch mode")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
@@ -211,36 +233,49 @@ def main():
         torch.set_num_threads(args.threads)
     loaders = epoch_loaders(args) if args.data else None
     total = 1000 if loaders is None else len(loaders[0]) * 100
-    trainers = {layout: Trainer(args, layout, total) for layout in args.layouts.split(",")}
+    trainers = {}
+    for layout in args.layouts.split(","):
+        for precision in args.precisions.split(","):
+            if precision not in ("float32", "bfloat16"):
+                raise SystemExit(f"torch_reference: precision {precision!r}: float32 or bfloat16")
+            for compiled in ((False, True) if args.compile else (False,)):
+                key = f"{layout}/{precision}" + ("/compiled" if compiled else "")
+                trainers[key] = Trainer(args, layout, precision, compiled, total)
     rng = np.random.default_rng(args.seed)
     shape = (args.channels, args.image_size, args.image_size)
     images = torch.from_numpy(rng.standard_normal((args.batch_in + args.batch_out, *shape),
                                                   dtype=np.float32))
     targets = torch.from_numpy(rng.integers(0, args.num_classes, args.batch_in))
     print(json.dumps({"ready": True, "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}), flush=True)
+                      "threads": torch.get_num_threads(), "configurations": list(trainers)}),
+          flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("quit"):
             break
         if "step" in request:
             trainer = trainers[request["step"]]
-            start = time.perf_counter()
-            loss = trainer.step(images, targets, args.batch_in)
-            reply = {"seconds": time.perf_counter() - start, "loss": loss}
+            with PeakMemory() as memory:
+                start = time.perf_counter()
+                loss = trainer.step(images, targets, args.batch_in)
+                seconds = time.perf_counter() - start
+            reply = {"seconds": seconds, "loss": loss, "peak_rss_mb": memory.peak_mb}
         else:
             trainer = trainers[request["epoch"]]
-            start, steps, loss = time.perf_counter(), 0, float("nan")
-            outlier_batches = iter(loaders[1])
-            for x_in, y_in in loaders[0]:
-                try:
-                    x_out, _ = next(outlier_batches)
-                except StopIteration:
-                    outlier_batches = iter(loaders[1])
-                    x_out, _ = next(outlier_batches)
-                loss = trainer.step(torch.cat([x_in, x_out]), y_in, len(x_in))
-                steps += 1
-            reply = {"seconds": time.perf_counter() - start, "steps": steps, "loss": loss}
+            with PeakMemory() as memory:
+                start, steps, loss = time.perf_counter(), 0, float("nan")
+                outlier_batches = iter(loaders[1])
+                for x_in, y_in in loaders[0]:
+                    try:
+                        x_out, _ = next(outlier_batches)
+                    except StopIteration:
+                        outlier_batches = iter(loaders[1])
+                        x_out, _ = next(outlier_batches)
+                    loss = trainer.step(torch.cat([x_in, x_out]), y_in, len(x_in))
+                    steps += 1
+                seconds = time.perf_counter() - start
+            reply = {"seconds": seconds, "steps": steps, "loss": loss,
+                     "peak_rss_mb": memory.peak_mb}
         print(json.dumps(reply), flush=True)
 
 

@@ -32,6 +32,8 @@ def test_benchmark_script_prints_table(tmp_path):
     assert results["oe"]["images_per_step"] == results["ice"]["images_per_step"] == 24
     assert results["oe"]["ratio_to_oe"] == 1.0
     assert results["ice"]["head"] == "gaussian" and len(results["ice"]["times_s"]) == 1
+    # The peak resident memory of the process during the step (Linux), in MB.
+    assert results["ice"]["peak_rss_mb"] is None or results["ice"]["peak_rss_mb"] > 10
 
 
 def test_benchmark_script_rejects_unknown_method():
@@ -59,38 +61,46 @@ from helpers import load_script
 benchmark = load_script("benchmark.py")
 
 class FakeWorker:  # the PyTorch process: replies with fixed step times
-    info = {"torch": "2.x", "threads": 2}
-
-    def __init__(self):
-        self.seconds = {"nchw": 8.0, "channels_last": 4.0}
+    seconds = {"nchw/float32": 8.0, "channels_last/float32": 4.0,
+               "nchw/bfloat16": 3.0, "channels_last/bfloat16": 2.0}
+    info = {"torch": "2.x", "threads": 2, "configurations": list(seconds)}
 
     def request(self, **message):
-        return {"seconds": self.seconds[message["step"]], "loss": 1.0}
+        return {"seconds": self.seconds[message["step"]], "loss": 1.0, "peak_rss_mb": 900.0}
 
 config = {"mode": "step"}
 worker = FakeWorker()
-torch_rows = [benchmark._TorchRow(worker, layout, config, 384)
-              for layout in benchmark.TORCH_LAYOUTS]
+torch_rows = [benchmark._TorchRow(worker, key, config, 384) for key in worker.info["configurations"]]
 tf_rows = []
-for method, seconds in (("oe", 2.0), ("ice", 2.5)):
-    row = benchmark._Row(method, "linear", "mixed_bfloat16", "off", 384)
+for method, precision, seconds in (("oe", "mixed_bfloat16", 2.0), ("ice", "mixed_bfloat16", 2.5),
+                                   ("oe", "float32", 5.0)):
+    row = benchmark._Row(method, "linear", precision, "off", 384)
     row.times = [seconds, seconds]
     tf_rows.append(row)
 for row in torch_rows:
-    row.times = [row.step(), row.step()]
+    row.timed_step()
+    row.timed_step()
 results = benchmark.summarize(tf_rows + torch_rows, torch_info=worker.info)
-by_label = {r["method"]: r for r in results}
-assert by_label["oe"]["speedup_vs_torch"] == 4.0
-assert by_label["ice"]["speedup_vs_torch"] == 3.2
-assert by_label["ice"]["ratio_to_oe"] == 1.25
-assert by_label["torch oe (NCHW, reference)"]["speedup_vs_torch"] == 1.0
-assert by_label["torch oe (channels-last)"]["speedup_vs_torch"] == 2.0
-assert by_label["torch oe (channels-last)"]["ratio_to_oe"] is None
+by_label = {(r["method"], r["precision"]): r for r in results}
+# Each row against the fastest PyTorch row of its own precision.
+assert by_label[("oe", "mixed_bfloat16")]["speedup_vs_torch"] == 1.0
+assert by_label[("ice", "mixed_bfloat16")]["speedup_vs_torch"] == 0.8
+assert by_label[("oe", "mixed_bfloat16")]["fastest_torch"] == "torch oe (channels-last, bf16 autocast)"
+assert by_label[("oe", "float32")]["speedup_vs_torch"] == 0.8
+assert by_label[("oe", "float32")]["fastest_torch"] == "torch oe (channels-last)"
+assert by_label[("ice", "mixed_bfloat16")]["ratio_to_oe"] == 1.25
+assert by_label[("torch oe (NCHW, reference)", "float32")]["speedup_vs_torch"] == 0.5
+assert by_label[("torch oe (NCHW, bf16 autocast)", "bfloat16")]["speedup_vs_torch"] == 2.0 / 3.0
+assert by_label[("torch oe (channels-last)", "float32")]["ratio_to_oe"] is None
+assert by_label[("torch oe (channels-last)", "float32")]["peak_rss_mb"] == 900.0
 machine = {"cpu": "x", "usable_cores": 2, "cpu_count": 2, "gpus": [], "python": "3",
            "tensorflow": "2", "keras": "3", "intra_op_threads": 0, "inter_op_threads": 0}
 report = benchmark.format_report(results, machine, dict(
     mode="step", backbone="wrn40_2", batch_in=128, batch_out=256, image_size=32, channels=3,
-    num_classes=10, ce_uses_outliers=False, warmup=1, steps=2, methods=["oe", "ice"]))
+    num_classes=10, ce_uses_outliers=False, warmup=1, steps=2, methods=["oe", "ice"],
+    load=(0.5, 2.1)))
 assert "PyTorch 2.x (2 threads)" in report
 assert "| torch oe (channels-last) | linear | float32 | off | 384 |" in report
+assert "| torch oe (channels-last, bf16 autocast) | linear | bfloat16 | off | 384 |" in report
+assert "before the run 0.50, after 2.10" in report
 """

@@ -5,7 +5,9 @@ the architectures match their PyTorch reference implementations:
 
 * Conv kernels: normal(0, sqrt(2 / (k * k * out_channels))), i.e. He-normal
   with fan-out and no truncation; no bias (a BatchNormalization follows).
-* BatchNormalization: momentum 0.9 and epsilon 1e-5 (PyTorch's momentum 0.1).
+* BatchNormalization: momentum 0.9 and epsilon 1e-5 (PyTorch's momentum 0.1), trained
+  with TensorFlow's fused kernel (`ice_tf.layers.FusedBatchNormalization`) unless the
+  replicas synchronise their statistics.
 * 3x3 convolutions with stride > 1 pad one pixel on every side, as PyTorch's
   ``padding=1``; Keras' ``'same'`` would pad only the bottom/right edge of an
   even-sized input and shift the sampling grid.
@@ -17,6 +19,8 @@ import math
 from typing import Sequence
 
 import keras
+
+from ice_tf.layers import FusedBatchNormalization
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -60,8 +64,10 @@ def conv2d(x, filters: int, kernel_size: int, stride: int, name: str):
 
 
 def batch_norm(name: str, sync_batchnorm: bool = False) -> keras.layers.BatchNormalization:
-    """BatchNormalization with PyTorch's defaults; ``synchronized`` for multi-replica training."""
-    return keras.layers.BatchNormalization(
+    """BatchNormalization with PyTorch's defaults, fused in training
+    (`FusedBatchNormalization`); ``synchronized`` for multi-replica training (Keras' own)."""
+    layer = keras.layers.BatchNormalization if sync_batchnorm else FusedBatchNormalization
+    return layer(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         gamma_initializer="ones",

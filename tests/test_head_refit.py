@@ -70,3 +70,23 @@ def test_config_defaults_and_older_run_folders():
     assert upgraded["refit_head"] is False and upgraded["confidence_map"] == "temperature"
     with pytest.raises(ValueError, match="confidence_map"):
         ExperimentConfig(confidence_map="isotonic").validate()
+
+
+def test_the_guides_refit_and_platt_lines_run_on_a_users_arrays():
+    """docs/guide.md, "The served head": refit, then Platt's map, then the served confidence."""
+    import ice_tf
+    from ice_tf import calibration, export
+
+    model, x_train, y_train = _model_and_data(seed=3)
+    rng = np.random.default_rng(4)
+    x_val = x_train[:30] + rng.normal(0, 0.1, x_train[:30].shape).astype("float32")
+    x_val_outliers = rng.normal(5.0, 3.0, (30, 6, 6, 1)).astype("float32")
+    ice_tf.models.refit_gaussian_head(model, ice_tf.data.batched((x_train, y_train), 500, shuffle=False))
+    h_val = model.predict(x_val, verbose=0)
+    h_val_out = model.predict(x_val_outliers, verbose=0)
+    model.head.confidence_platt = ice_tf.calibration.fit_platt(h_val.max(1), h_val_out.max(1))
+    served = export.serving_outputs(model, tf.constant(x_val))["confidence"].numpy()
+    np.testing.assert_allclose(served, calibration.platt_confidence(
+        h_val.max(1).astype(np.float64), *model.head.confidence_platt), rtol=1e-5, atol=1e-6)
+    assert served.mean() > calibration.platt_confidence(
+        h_val_out.max(1).astype(np.float64), *model.head.confidence_platt).mean()

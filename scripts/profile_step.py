@@ -3,10 +3,12 @@
   python scripts/profile_step.py                                  # WRN-40-2, oe and ice, fp32 and bf16
   python scripts/profile_step.py --methods=ice --precisions=mixed_bfloat16 --steps=2
   python scripts/profile_step.py --batchnorm=keras,fused          # before and after the fused kernel
+  python scripts/profile_step.py --dropout=keras,ice_tf           # Keras' dropout against ice-tf's
 
-For every method, precision policy and BatchNorm implementation (`--batchnorm`: `fused`,
+For every method, precision policy, BatchNorm implementation (`--batchnorm`: `fused`,
 the backbones' `ice_tf.layers.FusedBatchNormalization`, or `keras`, Keras 3's own
-BatchNormalization), the script builds the step that `fit` runs (as scripts/benchmark.py
+BatchNormalization) and dropout (`--dropout`: `ice_tf`, the backbones' `ice_tf.layers.Dropout`,
+or `keras`, Keras 3's own), the script builds the step that `fit` runs (as scripts/benchmark.py
 does: fixed random batches of `--batch_in` + `--batch_out` images), runs `--warmup` steps,
 then traces `--steps` steps with `tf.profiler` and reads the framework op statistics of the
 trace. Each op's self time goes to one kind:
@@ -16,6 +18,7 @@ trace. Each op's self time goes to one kind:
   casts                 Cast (the float32 <-> bfloat16 casts that mixed precision inserts)
   BatchNorm             the ops of BatchNormalization layers (fused kernel or Keras' moments,
                         normalisation and their gradients), outside the casts
+  dropout               the random masks of the WRNs' dropout and their application
   optimizer and decay   the SGD update and the weight decay added to the gradients
   head                  the Gaussian or linear head and its gradient
   ReLU and elementwise  activations, residual additions and their gradients
@@ -30,6 +33,7 @@ steps with scripts/benchmark.py.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -47,6 +51,7 @@ flags.DEFINE_string("backbone", "wrn40_2", "Backbone name from ice_tf.backbones.
 flags.DEFINE_list("methods", ["oe", "ice"], "Methods to profile.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Precision policies.")
 flags.DEFINE_list("batchnorm", ["fused"], "BatchNorm implementations: fused, keras.")
+flags.DEFINE_list("dropout", ["ice_tf"], "Dropout implementations: ice_tf, keras.")
 flags.DEFINE_integer("batch_in", 128, "In-distribution images per step.", lower_bound=1)
 flags.DEFINE_integer("batch_out", 256, "Outlier images per step.", lower_bound=1)
 flags.DEFINE_integer("image_size", 32, "Image height and width.", lower_bound=1)
@@ -54,8 +59,8 @@ flags.DEFINE_integer("steps", 3, "Traced steps.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untraced steps first (the first traces the function).",
                      lower_bound=1)
 
-KINDS = ("convolutions", "convolution gradients", "casts", "BatchNorm", "optimizer and decay",
-         "head", "ReLU and elementwise", "other")
+KINDS = ("convolutions", "convolution gradients", "casts", "BatchNorm", "dropout",
+         "optimizer and decay", "head", "ReLU and elementwise", "other")
 ELEMENTWISE = {"Relu", "ReluGrad", "AddV2", "Add", "AddN", "Mul", "Sub", "Maximum", "Select",
                "SelectV2", "Identity", "BiasAdd", "BiasAddGrad", "Neg", "Square", "RealDiv"}
 
@@ -69,6 +74,8 @@ def op_kind(op_type, name):
         return "convolutions"
     if op_type == "Cast":
         return "casts"
+    if "dropout" in scope:
+        return "dropout"
     if ("batchnorm" in op_type.lower() or "_bn/" in scope or "_bn_1/" in scope
             or "/moments/" in scope or "batchnorm" in scope):
         return "BatchNorm"
@@ -102,19 +109,21 @@ def read_op_stats(logdir):
     return rows
 
 
-def build_step(method, policy, batchnorm, config):
+def build_step(method, policy, batchnorm, dropout, config):
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from ice_tf import losses, models, precision
+    from ice_tf import layers, losses, models, precision
     from ice_tf.backbones import _common
 
     rng = np.random.default_rng(0)
     shape = (config["image_size"], config["image_size"], 3)
-    original = _common.FusedBatchNormalization
+    original, original_dropout = _common.FusedBatchNormalization, layers.Dropout
     if batchnorm == "keras":
         _common.FusedBatchNormalization = keras.layers.BatchNormalization
+    if dropout == "keras":
+        layers.Dropout = keras.layers.Dropout
     try:
         with precision.policy(policy):
             keras.utils.set_random_seed(0)
@@ -123,7 +132,7 @@ def build_step(method, policy, batchnorm, config):
             model.compile(keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), loss=method,
                           weight_decay=5e-4)
     finally:
-        _common.FusedBatchNormalization = original
+        _common.FusedBatchNormalization, layers.Dropout = original, original_dropout
     x = rng.standard_normal((config["batch_in"], *shape), dtype="float32")
     y = rng.integers(0, 10, config["batch_in"])
     if losses.spec(method).uses_outliers:
@@ -136,11 +145,11 @@ def build_step(method, policy, batchnorm, config):
     return lambda: model.train_function(iterator)
 
 
-def profile(method, policy, batchnorm, config):
+def profile(method, policy, batchnorm, dropout, config):
     """{kind: ms per step}, the median wall seconds of the traced steps."""
     import tensorflow as tf
 
-    step = build_step(method, policy, batchnorm, config)
+    step = build_step(method, policy, batchnorm, dropout, config)
     for _ in range(config["warmup"]):
         step()
     logdir = tempfile.mkdtemp(prefix="ice-tf-profile-")
@@ -184,15 +193,18 @@ def main(argv):
     unknown = set(FLAGS.batchnorm) - {"fused", "keras"}
     if unknown:
         raise app.UsageError(f"--batchnorm takes fused and/or keras, not {sorted(unknown)}")
+    unknown = set(FLAGS.dropout) - {"ice_tf", "keras"}
+    if unknown:
+        raise app.UsageError(f"--dropout takes ice_tf and/or keras, not {sorted(unknown)}")
     config = {"backbone": FLAGS.backbone, "batch_in": FLAGS.batch_in, "batch_out": FLAGS.batch_out,
               "image_size": FLAGS.image_size, "steps": FLAGS.steps, "warmup": FLAGS.warmup}
     profiles = {}
-    for batchnorm in FLAGS.batchnorm:
-        for policy in FLAGS.precisions:
-            for method in FLAGS.methods:
-                label = f"{method}, {policy}" + (f", {batchnorm} BN" if len(FLAGS.batchnorm) > 1 else "")
-                print(f"profiling {label}...", flush=True)
-                profiles[label] = profile(method, policy, batchnorm, config)
+    for batchnorm, dropout, policy, method in itertools.product(
+            FLAGS.batchnorm, FLAGS.dropout, FLAGS.precisions, FLAGS.methods):
+        label = (f"{method}, {policy}" + (f", {batchnorm} BN" if len(FLAGS.batchnorm) > 1 else "")
+                 + (f", {dropout} dropout" if len(FLAGS.dropout) > 1 else ""))
+        print(f"profiling {label}...", flush=True)
+        profiles[label] = profile(method, policy, batchnorm, dropout, config)
     print(f"\n{FLAGS.backbone}, {FLAGS.batch_in} + {FLAGS.batch_out} images of "
           f"{FLAGS.image_size}x{FLAGS.image_size}x3; ms per step (share of op time)\n")
     print(markdown(profiles))

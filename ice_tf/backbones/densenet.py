@@ -6,12 +6,13 @@ from typing import Sequence
 
 import keras
 
+from ice_tf import layers
 from ice_tf.backbones._common import bn_relu, check_input_shape, conv2d
 
 
 def _maybe_dropout(x, dropout_rate: float, name: str):
     if dropout_rate > 0:
-        return keras.layers.Dropout(dropout_rate, name=name)(x)
+        return layers.Dropout(dropout_rate, name=name)(x)
     return x
 
 

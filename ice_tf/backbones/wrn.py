@@ -11,6 +11,7 @@ from typing import Sequence
 
 import keras
 
+from ice_tf import layers
 from ice_tf.backbones._common import bn_relu, check_input_shape, conv2d
 
 
@@ -37,7 +38,7 @@ def _basic_block(x, in_channels: int, out_channels: int, stride: int,
     residual = conv2d(activated, out_channels, 3, stride, name=f"{name}_conv1")
     residual = bn_relu(residual, f"{name}_mid", sync_batchnorm)
     if dropout_rate > 0:
-        residual = keras.layers.Dropout(dropout_rate, name=f"{name}_dropout")(residual)
+        residual = layers.Dropout(dropout_rate, name=f"{name}_dropout")(residual)
     residual = conv2d(residual, out_channels, 3, 1, name=f"{name}_conv2")
     return keras.layers.Add(name=f"{name}_add")([shortcut, residual])
 

@@ -334,6 +334,18 @@ def _balanced_log_loss(max_h_in, max_h_out, temperature):
     return -0.5 * (log_c_in.mean() + log_not_out.mean())
 
 
+def _checked_scores(max_h_in, max_h_out, fitter):
+    """max h of the in-distribution and outlier samples as flat float64 arrays, refused
+    (naming `fitter`) when either side is empty or not finite."""
+    max_h_in = np.asarray(max_h_in, np.float64).reshape(-1)
+    max_h_out = np.asarray(max_h_out, np.float64).reshape(-1)
+    if not len(max_h_in) or not len(max_h_out):
+        raise ValueError(f"{fitter} needs in-distribution and outlier scores.")
+    if not (np.all(np.isfinite(max_h_in)) and np.all(np.isfinite(max_h_out))):
+        raise ValueError(f"{fitter} needs finite scores max h.")
+    return max_h_in, max_h_out
+
+
 def fit_temperature(max_h_in, max_h_out, bounds=(1e-3, 1e3)):
     """The temperature T that makes exp(max h / T) a calibrated P(in-distribution).
 
@@ -347,12 +359,7 @@ def fit_temperature(max_h_in, max_h_out, bounds=(1e-3, 1e3)):
       T = fit_temperature(max_h_val_in, max_h_val_outliers)
       confidence = temperature_confidence(max_h_test, T)
     """
-    max_h_in = np.asarray(max_h_in, np.float64).reshape(-1)
-    max_h_out = np.asarray(max_h_out, np.float64).reshape(-1)
-    if not len(max_h_in) or not len(max_h_out):
-        raise ValueError("fit_temperature needs in-distribution and outlier scores.")
-    if not (np.all(np.isfinite(max_h_in)) and np.all(np.isfinite(max_h_out))):
-        raise ValueError("fit_temperature needs finite scores max h.")
+    max_h_in, max_h_out = _checked_scores(max_h_in, max_h_out, "fit_temperature")
     grid = np.exp(np.linspace(np.log(bounds[0]), np.log(bounds[1]), 121))
     losses = [_balanced_log_loss(max_h_in, max_h_out, t) for t in grid]
     best = int(np.argmin(losses))
@@ -399,12 +406,7 @@ def fit_platt(max_h_in, max_h_out):
     """
     from scipy import optimize
 
-    max_h_in = np.asarray(max_h_in, np.float64).reshape(-1)
-    max_h_out = np.asarray(max_h_out, np.float64).reshape(-1)
-    if not len(max_h_in) or not len(max_h_out):
-        raise ValueError("fit_platt needs in-distribution and outlier scores.")
-    if not (np.all(np.isfinite(max_h_in)) and np.all(np.isfinite(max_h_out))):
-        raise ValueError("fit_platt needs finite scores max h.")
+    max_h_in, max_h_out = _checked_scores(max_h_in, max_h_out, "fit_platt")
     both = np.concatenate([max_h_in, max_h_out])
     centre, spread = both.mean(), max(both.std(), 1e-12)
     u_in, u_out = (max_h_in - centre) / spread, (max_h_out - centre) / spread

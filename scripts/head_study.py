@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from ice_tf import calibration, gda, metrics  # noqa: E402
-from ice_tf.detectors import tied_precision  # noqa: E402
+from ice_tf.detectors import tied_precision, training_features  # noqa: E402
 
 VAL_OOD = ("outliers_val=embedded_outliers@val",)
 
@@ -53,20 +53,6 @@ def gaussian_scores(features, means, precision):
 def logsumexp(values):
     peak = values.max(1)
     return peak + np.log(np.exp(values - peak[:, None]).sum(1))
-
-
-def features_of(model, dataset, training=False):
-    import tensorflow as tf
-
-    from ice_tf.models import moving_statistics_kept
-
-    function = tf.function(lambda x: model.features(x, training=training), reduce_retracing=True)
-    features, labels = [], []
-    with moving_statistics_kept(model):
-        for images, batch_labels in dataset:
-            features.append(np.asarray(function(images), np.float64))
-            labels.append(np.asarray(batch_labels).reshape(-1))
-    return np.concatenate(features), np.concatenate(labels)
 
 
 def training_mode_features(model, config):
@@ -167,7 +153,7 @@ def study_seed(run_dir, split, ridges, log):
     if not model.gaussian_head:
         raise SystemExit(f"error: {run_dir} has no Gaussian head; pass --method=ice.")
     log(f"{run_dir}: training features")
-    train_z, train_y = features_of(model, run_data.statistics_data(config))
+    train_z, train_y = training_features(model, run_data.statistics_data(config))
     stats = gda.fit(train_z, train_y, model.num_classes)
     means_head, cov_head = head_parameters(model)
     row = comparison(means_head, cov_head, stats, train_z, train_y)
@@ -176,8 +162,8 @@ def study_seed(run_dir, split, ridges, log):
     trainmode_stats = gda.fit(trainmode_z, trainmode_y, model.num_classes)
 
     in_ds, ood = run_data.make_eval_data(config)
-    z_in, y_in = features_of(model, in_ds)
-    z_out = {label: features_of(model, dataset)[0] for label, dataset in ood.items()}
+    z_in, y_in = training_features(model, in_ds)
+    z_out = {label: training_features(model, dataset)[0] for label, dataset in ood.items()}
     head = model.head
 
     def head_outputs(z):
@@ -204,8 +190,8 @@ def study_seed(run_dir, split, ridges, log):
     if split == "test":
         val_model_config = load_run(run_dir, eval_split="val", ood_datasets=VAL_OOD, protocol="full")[1]
         val_in, val_ood = run_data.make_eval_data(val_model_config)
-        validation = (features_of(model, val_in)[0],
-                      np.concatenate([features_of(model, ds)[0] for ds in val_ood.values()]))
+        validation = (training_features(model, val_in)[0],
+                      np.concatenate([training_features(model, ds)[0] for ds in val_ood.values()]))
     for name, outputs_of in candidates.items():
         reduce = logsumexp if name.startswith("logsumexp") else (lambda h: h.max(1))
         h_in = outputs_of(z_in)

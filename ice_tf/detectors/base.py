@@ -169,9 +169,10 @@ def load_statistics(path, fingerprint=None):
     return load_arrays(path, fingerprint, required=("means", "precision"))
 
 
-def training_features(model, dataset, verbose=0):
+def training_features(model, dataset, verbose=0, purpose="the detector's statistics"):
     """(features (N, d) float64, labels (N,) int64) of the penultimate features of every
-    (images, labels) batch of `dataset`, in inference mode.
+    (images, labels) batch of `dataset`, in inference mode; `purpose` names what the
+    features are for in the error on an empty dataset.
 
     Example:
       features, labels = training_features(model, train_batches)
@@ -186,5 +187,5 @@ def training_features(model, dataset, verbose=0):
     if verbose:
         print()
     if not features:
-        raise ValueError("the training dataset for the detector's statistics is empty.")
+        raise ValueError(f"the training dataset for {purpose} is empty.")
     return np.concatenate(features), np.concatenate(labels)

@@ -424,7 +424,7 @@ def refit_head(model, config, verbose=1):
     for results.json, or None when nothing was refitted.
 
     Example:
-      refit_head(model, config)  # {"ridge": 0.1, "images": 13000}
+      refit_head(model, config)  # {"ridge": 0.1, "scale": 0.83}
     """
     if not (config.refit_head and model.gaussian_head):
         return None

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ice_tf.detectors.base import training_features
 from ice_tf.models.checks import unpack_batch
 
 
@@ -127,18 +128,7 @@ def refit_gaussian_head(model, dataset, ridge=REFIT_RIDGE, verbose=1):
     if not model.gaussian_head:
         raise ValueError("refit_gaussian_head refits a Gaussian head; this model has a "
                          f"{type(model.head).__name__}.")
-    count = int(tf.data.experimental.cardinality(dataset)) if isinstance(dataset, tf.data.Dataset) else -1
-    progbar = keras.utils.Progbar(count if count >= 0 else None, unit_name="batch") if verbose else None
-    features_of = tf.function(lambda x: model.features(x, training=False), reduce_retracing=True)
-    features, labels = [], []
-    for batch in dataset:
-        images, batch_labels = batch[0], batch[1]
-        features.append(np.asarray(features_of(images), np.float64))
-        labels.append(np.asarray(batch_labels).reshape(-1))
-        if progbar is not None:
-            progbar.add(1)
-    if not features:
-        raise ValueError("the dataset for the Gaussian head's refit yielded no batches.")
-    model.head.initialize_from_features(np.concatenate(features), np.concatenate(labels),
-                                        ridge=ridge, calibrate_scale=True)
+    features, labels = training_features(model, dataset, verbose=verbose,
+                                         purpose="the Gaussian head's refit")
+    model.head.initialize_from_features(features, labels, ridge=ridge, calibrate_scale=True)
     return model
